@@ -1,0 +1,168 @@
+"""Load a Qwen2.5-VL (or Qwen2-VL) checkpoint and its processor.
+
+One path for every model: the toy checkpoints this project builds and a 7B/72B
+checkpoint from a local directory or a hub id both go through
+:func:`load_policy`, using transformers' own classes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapters (via ``peft``) on the language model.
+
+    Attributes:
+        r: rank.
+        alpha: scaling numerator (``lora_alpha``).
+        dropout: dropout on the adapter input.
+        target_modules: module names to adapt.
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+
+
+@dataclass
+class Policy:
+    """A loaded model with its processor."""
+
+    model: Any  # Qwen2_5_VLForConditionalGeneration (possibly wrapped by peft)
+    processor: Any
+    path: str
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+
+def _model_class(model_type: str):
+    from transformers import (
+        AutoModelForImageTextToText,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLForConditionalGeneration,
+    )
+
+    return {
+        "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
+        "qwen2_vl": Qwen2VLForConditionalGeneration,
+    }.get(model_type, AutoModelForImageTextToText)
+
+
+def load_processor(path_or_id: str | Path):
+    """The checkpoint's processor; an image-only Qwen2.5-VL processor where the full one cannot build.
+
+    The full processor needs a video processor, which needs torchvision; on machines
+    without it (this project's CPU machines) the image-only subclass is built from
+    the checkpoint's own tokenizer and image processor instead.
+    """
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    from warmstart.models.processor import ImageOnlyQwen2_5_VLProcessor
+
+    local = Path(path_or_id)
+    cfg_file = local / "processor_config.json"
+    if (
+        cfg_file.exists()
+        and json.loads(cfg_file.read_text()).get("processor_class") == ImageOnlyQwen2_5_VLProcessor.__name__
+    ):
+        return ImageOnlyQwen2_5_VLProcessor.from_pretrained(str(path_or_id))
+    try:
+        return AutoProcessor.from_pretrained(str(path_or_id))
+    except (ImportError, ValueError, TypeError, OSError) as e:
+        if isinstance(e, OSError) and not local.exists():
+            raise
+        log.info("full processor unavailable (%s); using the image-only processor", e)
+        tok = AutoTokenizer.from_pretrained(str(path_or_id))
+        ip = AutoImageProcessor.from_pretrained(str(path_or_id))
+        return ImageOnlyQwen2_5_VLProcessor(
+            image_processor=ip, tokenizer=tok, chat_template=tok.chat_template
+        )
+
+
+def load_policy(
+    path_or_id: str | Path,
+    dtype: str = "float32",
+    device: str = "cpu",
+    lora: LoraSpec | None = None,
+    trainable: bool = False,
+    attn_implementation: str = "sdpa",
+) -> Policy:
+    """Load model + processor from a local directory or a hub id.
+
+    Args:
+        path_or_id: checkpoint directory (``save_pretrained`` layout) or hub id.
+        dtype: ``float32`` | ``bfloat16`` | ``float16``.
+        device: torch device string.
+        lora: add LoRA adapters (only the adapters train) when given.
+        trainable: ``train()`` mode with gradients on; otherwise ``eval()`` and frozen.
+        attn_implementation: transformers attention backend.
+    """
+    from transformers import AutoConfig
+
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {sorted(DTYPES)}")
+    local = Path(path_or_id)
+    if local.exists() and not (local / "config.json").exists():
+        raise FileNotFoundError(f"{local} is not a model checkpoint (no config.json)")
+    config = AutoConfig.from_pretrained(str(path_or_id))
+    cls = _model_class(config.model_type)
+    model = cls.from_pretrained(str(path_or_id), dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+    model.to(device)
+    if lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=list(lora.target_modules),
+            ),
+        )
+    if trainable:
+        model.train()
+    else:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+    return Policy(model=model, processor=load_processor(path_or_id), path=str(path_or_id))
+
+
+def save_policy(policy_or_model, processor, out_dir: str | Path) -> None:
+    """``save_pretrained`` of model (LoRA merged) and processor into ``out_dir``."""
+    model = getattr(policy_or_model, "model", policy_or_model)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)

@@ -1,0 +1,64 @@
+"""The toy family round-trips through save_pretrained / from_pretrained via load_policy."""
+
+import torch
+from PIL import Image
+
+from warmstart.models import load_policy
+from warmstart.models.toy import SIZES, build_toy_tokenizer, mrope_sections, save_toy
+
+
+def _inputs(policy):
+    msgs = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": "Each side is 7. Find the perimeter."}],
+        }
+    ]
+    text = policy.processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    img = Image.new("RGB", (56, 56), (200, 30, 30))
+    return policy.processor(text=[text], images=[img], return_tensors="pt")
+
+
+def test_mrope_sections_sum_to_half_head_dim():
+    for head_dim in (16, 24, 32, 128):
+        secs = mrope_sections(head_dim)
+        assert sum(secs) == head_dim // 2 and min(secs) > 0
+    assert mrope_sections(128) == [16, 24, 24]  # Qwen2.5-VL-7B's own split
+
+
+def test_tokenizer_keeps_think_tags_and_splits_digits():
+    tok = build_toy_tokenizer(["The shape is a pentagon, 5 sides. 5*7=35."])
+    ids = tok("<think>5*17=85</think> \\boxed{85}")["input_ids"]
+    assert tok.decode(ids, skip_special_tokens=True) == "<think>5*17=85</think> \\boxed{85}"
+    # digits are one token each, so "17" is two tokens
+    assert tok.convert_ids_to_tokens(tok("17")["input_ids"]) == ["1", "7"]
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+
+
+def test_roundtrip_same_logits(tmp_path):
+    out = save_toy(tmp_path / "toy", "xs", seed=3)
+    a = load_policy(out)
+    b = load_policy(out)
+    enc = _inputs(a)
+    assert enc["pixel_values"].shape[0] == 16  # 56 px -> 4x4 patches of 14 px
+    assert (enc["input_ids"] == a.processor.image_token_id).sum() == 4  # merged 2x2 -> 4 image tokens
+    with torch.no_grad():
+        la = a.model(**enc).logits
+        lb = b.model(**enc).logits
+    assert torch.equal(la, lb)
+    assert la.shape[-1] == len(a.tokenizer)
+    assert not any(p.requires_grad for p in a.model.parameters())
+
+
+def test_seed_determines_weights(tmp_path):
+    w = []
+    for i, seed in enumerate((1, 1, 2)):
+        pol = load_policy(save_toy(tmp_path / f"m{i}", "xs", seed=seed))
+        w.append(pol.model.lm_head.weight.detach().clone())
+    assert torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
+
+
+def test_sizes_are_valid_and_ordered():
+    for s in SIZES.values():
+        s.validate()
+    assert SIZES["xs"].text_hidden < SIZES["s"].text_hidden < SIZES["m"].text_hidden
