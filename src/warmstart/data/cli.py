@@ -8,7 +8,10 @@ import importlib
 # sub-command -> module exposing add_arguments(parser) and run(args)
 SUBCOMMANDS = {
     "inspect": ("warmstart.data.inspect", "load a problem file/folder and print a summary"),
-    "synth": ("warmstart.data.synthetic", "generate the synthetic geometry world (train/validation/test/ood)"),
+    "synth": (
+        "warmstart.data.synthetic",
+        "generate the synthetic geometry world (train/validation/test/ood)",
+    ),
 }
 
 

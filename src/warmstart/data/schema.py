@@ -51,7 +51,9 @@ class Problem:
 
     def __post_init__(self) -> None:
         if self.answer_type not in ANSWER_TYPES:
-            raise ValueError(f"problem {self.id!r}: unknown answer_type {self.answer_type!r}; valid: {ANSWER_TYPES}")
+            raise ValueError(
+                f"problem {self.id!r}: unknown answer_type {self.answer_type!r}; valid: {ANSWER_TYPES}"
+            )
         if self.answer_type == "choice" and not self.choices:
             raise ValueError(f"problem {self.id!r}: answer_type 'choice' needs choices")
 
