@@ -1,0 +1,170 @@
+"""Plausible fake study outputs for the report tests: eval.json files and metrics.jsonl logs.
+
+The numbers come from a small generative story, not from any model: every problem has a
+difficulty, every model a skill and a "sharpness" (how concentrated its samples are);
+Stage-2 endpoints are sharper (higher greedy accuracy, fewer distinct answers, lower
+entropy), as RL tends to make them. Files are written through the real
+:func:`warmstart.evaluate_schema.build_eval` / :func:`write_eval`, so the fixtures follow
+the schema by construction.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from warmstart.evaluate_schema import (
+    SPLITS,
+    STAGE1_ARMS,
+    EvalResult,
+    EvalSettings,
+    GreedyResult,
+    ModelInfo,
+    ProblemResult,
+    SampleResult,
+    build_eval,
+    eval_relpath,
+    metrics_relpath,
+    stage2_model,
+    study_models,
+    write_eval,
+)
+
+# model -> (skill, sharpness, entropy level in nats/token)
+MODEL_TRAITS: dict[str, tuple[float, float, float]] = {
+    "base": (-1.0, 1.0, 0.60),
+    "teacher": (1.5, 1.5, 0.30),
+    "sft_early": (0.0, 1.2, 0.40),
+    "sft_over": (0.2, 2.0, 0.15),
+    "opd": (0.3, 1.4, 0.35),
+    "sft_early+grpo": (0.6, 2.5, 0.20),
+    "sft_over+grpo": (0.4, 3.0, 0.08),
+    "opd+grpo": (0.8, 2.2, 0.25),
+}
+
+
+def _response(
+    rng: np.random.Generator, correct: bool, answer: str, wrong: list[str]
+) -> tuple[str, str | None]:
+    """(normalized, extracted) of one response: the answer, or one of the wrong ones ("none" = unparseable)."""
+    if correct:
+        return answer, answer
+    w = wrong[int(rng.integers(0, len(wrong)))]
+    return w, (None if w == "none" else w)
+
+
+def make_problem_rows(
+    model: str, split: str, P: int = 30, n: int = 8, seed: int = 0, with_entropy: bool = True
+) -> list[ProblemResult]:
+    """Per-problem rows of one model on one split (same problems and answers for every model of a split)."""
+    skill, sharp, ent = MODEL_TRAITS.get(model, (0.0, 1.0, 0.3))
+    split_rng = np.random.default_rng([seed, len(split)])  # problems depend on the split only
+    difficulty = split_rng.normal(0.0, 1.0, size=P) + (0.7 if split == "ood" else 0.0)
+    answers = [str(int(a)) for a in split_rng.integers(3, 60, size=P)]
+    rng = np.random.default_rng([seed, sum(map(ord, model)), len(split)])
+    rows = []
+    for p in range(P):
+        q = 1.0 / (1.0 + np.exp(-sharp * (skill - difficulty[p])))
+        wrong = [str(int(answers[p]) + d) for d in (1, -1, 2, 5)] + ["none"]
+        n_wrong = max(1, int(round(len(wrong) / sharp)))
+
+        samples = []
+        for _ in range(n):
+            correct = bool(rng.random() < q)
+            normalized, extracted = _response(rng, correct, answers[p], wrong[:n_wrong])
+            length = int(rng.integers(20, 60))
+            h = float(ent * rng.gamma(4.0, 0.25))
+            samples.append(
+                SampleResult(
+                    extracted=extracted,
+                    normalized=normalized,
+                    correct=correct,
+                    format_ok=bool(rng.random() < 0.9),
+                    length=length,
+                    entropy_mean=h if with_entropy else None,
+                    entropy_sum=h * length if with_entropy else None,
+                )
+            )
+        g_correct = bool(q > 0.5)
+        _, g_extracted = _response(rng, g_correct, answers[p], wrong[:n_wrong])
+        greedy = GreedyResult(
+            text=f"<think>...</think> \\boxed{{{g_extracted}}}",
+            extracted=g_extracted,
+            correct=g_correct,
+            format_ok=True,
+            length=int(rng.integers(20, 60)),
+            entropy_mean=float(ent * 0.5) if with_entropy else None,
+        )
+        rows.append(ProblemResult(id=f"{split}-{p:04d}", answer=answers[p], greedy=greedy, samples=samples))
+    return rows
+
+
+def make_eval(
+    model: str, split: str, P: int = 30, n: int = 8, seed: int = 0, B: int = 500, temperature: float = 1.0
+) -> EvalResult:
+    """A complete, validated eval result of ``model`` on ``split``."""
+    rows = make_problem_rows(model, split, P=P, n=n, seed=seed)
+    return build_eval(
+        model=ModelInfo(name=model, path=f"runs/fixture/models/{model}"),
+        data_path="runs/fixture/data",
+        split=split,
+        settings=EvalSettings(
+            n=n, temperature=temperature, top_p=1.0, max_new_tokens=64, seed=seed, greedy=True
+        ),
+        per_problem=rows,
+        B=B,
+        seed=0,
+        created="2025-01-01T00:00:00Z",
+    )
+
+
+def write_metrics_log(
+    path: Path, stage: str, steps: int, entropy0: float, entropy1: float, seed: int = 0
+) -> None:
+    """A metrics.jsonl with the standard keys: entropy decays from entropy0 to entropy1, reward rises."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for step in range(steps):
+            t = step / max(steps - 1, 1)
+            row = {
+                "step": step,
+                "stage": stage,
+                "loss": float(1.0 - 0.5 * t + 0.02 * rng.normal()),
+                "lr": 1e-4,
+                "entropy": float(entropy0 + (entropy1 - entropy0) * t + 0.01 * rng.normal()),
+                "neg_logp": float(entropy0 * 0.8),
+            }
+            if stage == "grpo":
+                row["reward_mean"] = float(np.clip(0.3 + 0.3 * t + 0.05 * rng.normal(), 0, 1))
+                row["accuracy"] = row["reward_mean"]
+            f.write(json.dumps(row) + "\n")
+
+
+def write_run_dir(
+    root: Path,
+    P: int = 30,
+    n: int = 8,
+    B: int = 500,
+    skip: tuple[str, ...] = (),
+    seed: int = 0,
+) -> Path:
+    """A fake run directory in the documented layout; ``skip`` lists relative paths not to write."""
+    root = Path(root)
+    for model in study_models():
+        for split in SPLITS:
+            rel = eval_relpath(model, split)
+            if rel not in skip:
+                write_eval(root / rel, make_eval(model, split, P=P, n=n, seed=seed, B=B))
+    for i, arm in enumerate(STAGE1_ARMS):
+        _, _, ent1 = MODEL_TRAITS[arm]
+        _, _, ent2 = MODEL_TRAITS[stage2_model(arm)]
+        rel1, rel2 = metrics_relpath(1, arm), metrics_relpath(2, arm)
+        stage1 = "opd" if arm == "opd" else "sft"
+        if rel1 not in skip:
+            write_metrics_log(root / rel1, stage1, steps=40, entropy0=0.6, entropy1=ent1, seed=seed + i)
+        if rel2 not in skip:
+            write_metrics_log(root / rel2, "grpo", steps=30, entropy0=ent1, entropy1=ent2, seed=seed + 10 + i)
+    return root
