@@ -16,6 +16,8 @@ import sys
 # ``add_arguments`` adds their own sub-parsers.
 COMMANDS: list[tuple[str, str, str]] = [
     ("data", "warmstart.data.cli", "inspect problem files; generate the synthetic geometry world"),
+    ("compare", "warmstart.compare", "summary metrics of eval.json files side by side + paired differences"),
+    ("report", "warmstart.report", "Markdown + HTML report of a run: tables, plots, paired differences"),
 ]
 
 
