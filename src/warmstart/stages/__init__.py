@@ -1,0 +1,1 @@
+"""One short loop per stage: pretrain (toy stage 0), sft, opd, grpo."""

@@ -1,0 +1,198 @@
+"""Pieces every stage loop shares: data order, teacher-forced batches, validation, progress."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from warmstart.data.schema import Problem
+
+log = logging.getLogger(__name__)
+
+
+def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Indices of the items in (0-based) ``step``'s batch.
+
+    Epoch-wise shuffles seeded by ``(seed, epoch)``: any step's batch is a pure
+    function of its number, so a resumed run sees exactly the data an uninterrupted
+    one would.
+    """
+    if n_items <= 0:
+        raise ValueError("no training items")
+    out: list[int] = []
+    start = step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n_items)
+        perm = np.random.default_rng([seed, epoch]).permutation(n_items)
+        take = min(batch_size - len(out), n_items - offset)
+        out.extend(int(i) for i in perm[offset : offset + take])
+    return out
+
+
+def teacher_forced(problems: Sequence[Problem], responses: Sequence[str], processor):
+    """A :class:`~warmstart.rollout.Rollouts` of given responses (reference rationales), EOS appended.
+
+    SFT and pretraining train on these through the same scoring/loss path as RL,
+    with advantage 1 on every response token.
+    """
+    from warmstart.rollout import Rollouts, encode_prompts
+
+    tok = processor.tokenizer
+    prompts = encode_prompts(list(problems), processor)
+    ids = [tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in responses]
+    T = max(len(x) for x in ids)
+    B = len(ids)
+    response_ids_BT = torch.full((B, T), tok.pad_token_id, dtype=torch.long)
+    response_mask_BT = torch.zeros((B, T), dtype=torch.bool)
+    for b, x in enumerate(ids):
+        response_ids_BT[b, : len(x)] = torch.tensor(x)
+        response_mask_BT[b, : len(x)] = True
+    return Rollouts(
+        prompts=prompts,
+        prompt_index_B=torch.arange(B),
+        response_ids_BT=response_ids_BT,
+        response_mask_BT=response_mask_BT,
+        logp_BT=torch.zeros(B, T),
+        entropy_BT=torch.zeros(B, T),
+        finish_reason_B=["stop"] * B,
+        texts_B=list(responses),
+    )
+
+
+@torch.no_grad()
+def greedy_accuracy(
+    model, processor, problems: Sequence[Problem], max_new_tokens: int, batch_size: int = 64
+) -> float:
+    """Greedy (temperature 0) accuracy on ``problems``."""
+    from warmstart.grading import grade
+    from warmstart.rollout import SamplingParams, sample
+
+    model.eval()
+    correct = 0
+    for s in range(0, len(problems), batch_size):
+        chunk = list(problems[s : s + batch_size])
+        ro = sample(model, processor, chunk, SamplingParams(n=1, greedy=True, max_new_tokens=max_new_tokens))
+        correct += sum(grade(t, p).correct for t, p in zip(ro.texts_B, chunk))
+    return correct / max(1, len(problems))
+
+
+@torch.no_grad()
+def teacher_forced_nll(model, processor, problems: Sequence[Problem], batch_size: int = 64) -> float:
+    """Token-mean NLL of the reference rationales (validation loss)."""
+    from warmstart.scoring import score_rollouts
+
+    model.eval()
+    tot, n = 0.0, 0
+    for s in range(0, len(problems), batch_size):
+        chunk = [p for p in problems[s : s + batch_size] if p.rationale]
+        if not chunk:
+            continue
+        tf = teacher_forced(chunk, [p.rationale for p in chunk], processor)
+        sc = score_rollouts(model, tf, with_entropy=False)
+        tot += float(-(sc.logp_BT * tf.response_mask_BT).sum())
+        n += int(tf.response_mask_BT.sum())
+    return tot / max(1, n)
+
+
+def load_split(data: str, split: str, limit: int | None = None) -> list[Problem]:
+    from warmstart.data.loaders import load_problems
+
+    problems = load_problems(data, split=split).problems
+    return problems[:limit] if limit else problems
+
+
+@contextmanager
+def progress(description: str, total: int, start: int = 0, enabled: bool = True):
+    """A rich progress bar; yields ``update(advance=1, **fields)`` that also shows live fields."""
+    if not enabled:
+        yield lambda advance=1, **fields: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    cols = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    ]
+    with Progress(*cols, transient=False) as prog:
+        task = prog.add_task(description, total=total, completed=start, info="")
+
+        def update(advance: int = 1, **fields) -> None:
+            info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+            prog.update(task, advance=advance, info=info)
+
+        yield update
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` (TOML), ``--set key=value`` overrides, ``--out DIR``, ``--resume``."""
+    parser.add_argument("--config", required=True, help="TOML config file")
+    parser.add_argument(
+        "--section", default=None, help="read the config from this top-level table of the file"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted for nested, value parsed as TOML), repeatable",
+    )
+    parser.add_argument("--out", default=None, help="run directory (overrides the config's out_dir)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in the run directory"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def config_from_args(cls, args: argparse.Namespace, **extra):
+    """Load ``cls`` from ``--config``/``--section``, apply ``--set`` overrides and keyword extras."""
+    import tomllib
+
+    from warmstart.config import ConfigError, from_dict
+
+    path = Path(args.config)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    if args.section:
+        data = data[args.section]
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    for k, v in extra.items():
+        if v is not None:
+            data[k] = v
+    if getattr(args, "out", None):
+        data["out_dir"] = args.out
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,0 +1,199 @@
+"""Stage-1 OPD: on-policy distillation from a larger teacher.
+
+Each step the student samples responses to training prompts; the teacher (in-process
+or over HTTP) scores every sampled token; the per-token reverse KL
+``log pi_student(y_t) - log pi_teacher(y_t)`` is the negative per-token advantage of
+the same policy-gradient loss GRPO uses (tinker-cookbook's formulation). With one
+update per batch the importance ratio is 1; with more, the PPO clip applies.
+
+The student's log-probs used in the advantage come from the same scoring path as the
+teacher's (not from the sampler), so a teacher identical to the student gives an
+advantage of exactly zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass, field
+
+from warmstart import losses
+from warmstart.config import ConfigError
+from warmstart.stages.common import (
+    add_config_arguments,
+    batch_indices,
+    config_from_args,
+    greedy_accuracy,
+    load_split,
+    progress,
+)
+from warmstart.train import (
+    LossConfig,
+    OptimConfig,
+    RunDir,
+    Timer,
+    atomic_write_text,
+    open_training,
+    save_model_atomic,
+    step_seed,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OPDConfig:
+    """Stage-1 on-policy distillation.
+
+    Attributes:
+        init: student checkpoint to start from.
+        teacher: teacher checkpoint directory, or an ``http://`` URL of an OpenAI-compatible
+            server with ``prompt_logprobs`` (vLLM, or ``warmstart serve``).
+        teacher_model: model name sent to a remote teacher (``None``: the server's only model).
+        data: problem data (path understood by ``load_problems``).
+        out_dir: run directory.
+        train_split: split with the training prompts.
+        val_split: split used for the periodic greedy validation.
+        val_problems: number of validation problems (first N; 0 = all).
+        steps: rollout steps.
+        prompts_per_step: prompts per step.
+        n: student samples per prompt.
+        temperature: student sampling temperature.
+        max_new_tokens: max response tokens.
+        update_epochs: passes over each batch (> 1 uses the clipped importance ratio).
+        micro_batch: rows per forward/backward.
+        eval_every: greedy validation every N steps (0 disables).
+        checkpoint_every: save a resumable checkpoint every N steps.
+        seed: seed of prompt order and sampling.
+        loss: clipping/aggregation of the policy-gradient loss (KL-to-reference is unused here).
+        optim: optimizer and schedule.
+    """
+
+    init: str
+    teacher: str
+    data: str
+    teacher_model: str | None = None
+    out_dir: str = "runs/opd"
+    train_split: str = "train"
+    val_split: str = "validation"
+    val_problems: int = 0
+    steps: int = 100
+    prompts_per_step: int = 16
+    n: int = 4
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+    update_epochs: int = 1
+    micro_batch: int = 64
+    eval_every: int = 0
+    checkpoint_every: int = 25
+    seed: int = 0
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
+
+    def validate(self) -> None:
+        if self.n < 1 or self.prompts_per_step < 1:
+            raise ConfigError("n and prompts_per_step must be >= 1")
+        if self.loss.kl_coef:
+            raise ConfigError("OPD has no reference-KL term: set loss.kl_coef = 0")
+
+
+def make_teacher(cfg: OPDConfig):
+    """The teacher scorer: in-process for a directory, HTTP for a URL."""
+    from warmstart.teacher import HTTPScorer, InProcessScorer
+
+    if cfg.teacher.startswith(("http://", "https://")):
+        return HTTPScorer(cfg.teacher, model_name=cfg.teacher_model)
+    from warmstart.models import load_policy
+
+    return InProcessScorer(load_policy(cfg.teacher).model)
+
+
+def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, teacher=None) -> dict:
+    """Run OPD; returns the result dict also written to ``<out_dir>/result.json``."""
+    from warmstart.grading import grade
+    from warmstart.rollout import SamplingParams, sample
+    from warmstart.scoring import score_rollouts
+
+    run = RunDir(cfg.out_dir, "opd")
+    run.write_config(cfg)
+    problems = load_split(cfg.data, cfg.train_split)
+    val = load_split(cfg.data, cfg.val_split, cfg.val_problems or None) if cfg.eval_every else []
+    policy, trainer, extra = open_training(
+        run, cfg.init, resume, cfg.optim, cfg.loss, cfg.steps * cfg.update_epochs
+    )
+    teacher = teacher or make_teacher(cfg)
+    step = extra.get("rollout_step", 0)
+    with progress("opd", cfg.steps, step, show_progress) as bar:
+        while step < cfg.steps:
+            timer = Timer()
+            idx = batch_indices(len(problems), cfg.prompts_per_step, step, cfg.seed)
+            chunk = [problems[i] for i in idx]
+            with timer("rollout"):
+                policy.model.eval()
+                ro = sample(
+                    policy.model,
+                    policy.processor,
+                    chunk,
+                    SamplingParams(
+                        n=cfg.n,
+                        temperature=cfg.temperature,
+                        max_new_tokens=cfg.max_new_tokens,
+                        seed=step_seed(cfg.seed, step),
+                    ),
+                )
+            mask_BT = ro.response_mask_BT
+            with timer("scoring"):
+                student = score_rollouts(policy.model, ro, with_entropy=True)
+                t_logp_BT = teacher.score(ro).logp_BT
+            adv_BT = losses.reverse_kl_advantage(student.logp_BT, t_logp_BT, mask_BT)
+            ntok = mask_BT.sum().clamp(min=1)
+            with timer("update"):
+                for _epoch in range(cfg.update_epochs):
+                    old = student.logp_BT if cfg.update_epochs > 1 else None
+                    st = trainer.update(ro, adv_BT, old, micro_batch=cfg.micro_batch, with_entropy=False)
+            step += 1
+            g = [grade(t, chunk[int(q)]) for t, q in zip(ro.texts_B, ro.prompt_index_B)]
+            row = {
+                "reverse_kl": float(((student.logp_BT - t_logp_BT) * mask_BT).sum() / ntok),
+                "entropy": float((student.entropy_BT * mask_BT).sum() / ntok),
+                "neg_logp": float(-(student.logp_BT * mask_BT).sum() / ntok),
+                "accuracy": sum(x.correct for x in g) / len(g),
+                "reward_mean": sum(x.correct for x in g) / len(g),
+                "format_rate": sum(x.format_ok for x in g) / len(g),
+                "response_len": float(mask_BT.sum(1).float().mean()),
+                "loss": st.loss,
+                "grad_norm": st.grad_norm,
+                "lr": st.lr,
+                "clip_frac": st.clip_frac,
+                "rollout_time_s": timer.t["rollout"],
+                "scoring_time_s": timer.t["scoring"],
+                "update_time_s": timer.t["update"],
+                "step_time_s": sum(timer.t.values()),
+            }
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                row["val_accuracy"] = greedy_accuracy(policy.model, policy.processor, val, cfg.max_new_tokens)
+            run.log(step, **row)
+            bar(1, rkl=row["reverse_kl"], entropy=row["entropy"])
+            if trainer.bad_steps_in_a_row >= 5:
+                raise RuntimeError(f"opd: non-finite updates 5 steps in a row at step {step}; aborting")
+            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                run.save_checkpoint(trainer, policy.processor, extra={"rollout_step": step})
+    save_model_atomic(policy.model, policy.processor, run.root / "final")
+    result = {"steps": step, "model": str(run.root / "final"), "teacher": cfg.teacher}
+    atomic_write_text(run.root / "result.json", json.dumps(result, indent=2))
+    run.close()
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--teacher", default=None, help="teacher directory or http:// URL (overrides the config)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(OPDConfig, args, teacher=args.teacher)
+    print(json.dumps(train_opd(cfg, resume=args.resume, show_progress=not args.quiet), indent=2))
+    return 0

@@ -1,0 +1,248 @@
+"""Stage-1 SFT: supervised fine-tuning on worked solutions, early-stopped or over-trained.
+
+One recipe, two arms (``arm``):
+
+* ``early``: validate every ``eval_every`` steps (greedy accuracy, then loss), keep the
+  best checkpoint in ``best/``, stop after ``patience`` validations without improvement.
+* ``over``: the same run, but when early stopping would trigger it keeps going until
+  ``over_multiple x best_step`` and keeps the final weights in ``final/``. Because the
+  run is deterministic, its ``best/`` is exactly the early arm's checkpoint, so one
+  ``over`` run yields both arms (the study uses this).
+
+The loss is the token-mean NLL of response tokens only (prompt tokens carry no loss),
+computed through the shared policy-gradient path with advantage 1 (``vanilla_pg``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from warmstart.config import ConfigError
+from warmstart.stages.common import (
+    add_config_arguments,
+    batch_indices,
+    config_from_args,
+    greedy_accuracy,
+    load_split,
+    progress,
+    teacher_forced,
+    teacher_forced_nll,
+)
+from warmstart.train import (
+    LossConfig,
+    OptimConfig,
+    RunDir,
+    atomic_write_text,
+    open_training,
+    save_model_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Stage-1 SFT.
+
+    Attributes:
+        init: model to start from (checkpoint directory or hub id).
+        data: problem data (path understood by ``load_problems``).
+        out_dir: run directory.
+        arm: ``early`` (stop at the best validation) or ``over`` (run to ``over_multiple`` x the best step).
+        train_split: split with the training problems.
+        val_split: held-out split for validation.
+        val_problems: number of validation problems used (first N; 0 = all).
+        solutions: ``reference`` (the data set's rationales) or ``teacher`` (rationales sampled
+            from ``teacher``, kept when they grade correct).
+        teacher: teacher checkpoint for ``solutions = "teacher"``.
+        teacher_samples: samples per problem drawn from the teacher.
+        teacher_temperature: sampling temperature for teacher rationales.
+        max_steps: hard cap on optimizer steps (the early arm usually stops before).
+        batch_size: problems per optimizer step (global batch).
+        micro_batch: rows per forward/backward (gradient accumulation).
+        eval_every: validate every N steps.
+        patience: validations without improvement before early stopping.
+        min_delta: improvement in validation accuracy that counts.
+        over_multiple: the over-trained arm runs to this multiple of the best step.
+        max_new_tokens: generation length for greedy validation.
+        checkpoint_every: save a resumable checkpoint every N steps.
+        seed: seed of data order and sampling.
+        optim: optimizer and schedule.
+    """
+
+    init: str
+    data: str
+    out_dir: str = "runs/sft"
+    arm: Literal["early", "over"] = "early"
+    train_split: str = "train"
+    val_split: str = "validation"
+    val_problems: int = 0
+    solutions: Literal["reference", "teacher"] = "reference"
+    teacher: str | None = None
+    teacher_samples: int = 4
+    teacher_temperature: float = 1.0
+    max_steps: int = 1000
+    batch_size: int = 32
+    micro_batch: int = 32
+    eval_every: int = 25
+    patience: int = 3
+    min_delta: float = 0.0
+    over_multiple: float = 3.0
+    max_new_tokens: int = 64
+    checkpoint_every: int = 50
+    seed: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def validate(self) -> None:
+        if self.solutions == "teacher" and not self.teacher:
+            raise ConfigError("solutions = 'teacher' needs a teacher checkpoint")
+        if self.over_multiple < 1:
+            raise ConfigError("over_multiple must be >= 1")
+        if self.eval_every <= 0 or self.batch_size <= 0 or self.micro_batch <= 0:
+            raise ConfigError("eval_every, batch_size and micro_batch must be > 0")
+
+
+def teacher_solutions(cfg: SFTConfig, problems) -> tuple[list, list[str]]:
+    """Sample ``teacher_samples`` rationales per problem from the teacher; keep the correct ones."""
+    from warmstart.grading import grade
+    from warmstart.models import load_policy
+    from warmstart.rollout import SamplingParams, sample
+
+    teacher = load_policy(cfg.teacher)
+    kept_p, kept_t = [], []
+    for s in range(0, len(problems), 64):
+        chunk = problems[s : s + 64]
+        ro = sample(
+            teacher.model,
+            teacher.processor,
+            chunk,
+            SamplingParams(
+                n=cfg.teacher_samples,
+                temperature=cfg.teacher_temperature,
+                max_new_tokens=cfg.max_new_tokens,
+                seed=cfg.seed + s,
+            ),
+        )
+        for b, text in enumerate(ro.texts_B):
+            p = chunk[int(ro.prompt_index_B[b])]
+            if ro.finish_reason_B[b] == "stop" and grade(text, p).correct:
+                kept_p.append(p)
+                kept_t.append(text)
+    log.info("teacher rationales: kept %d of %d samples", len(kept_t), len(problems) * cfg.teacher_samples)
+    if not kept_t:
+        raise RuntimeError("the teacher produced no correct rationale; cannot run SFT on teacher solutions")
+    return kept_p, kept_t
+
+
+def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, stage: str = "sft") -> dict:
+    """Run SFT; returns the result dict also written to ``<out_dir>/result.json``."""
+    torch.manual_seed(cfg.seed)
+    run = RunDir(cfg.out_dir, stage)
+    run.write_config(cfg)
+    train = load_split(cfg.data, cfg.train_split)
+    val = load_split(cfg.data, cfg.val_split, cfg.val_problems or None)
+    if cfg.solutions == "teacher":
+        items_p, items_t = teacher_solutions(cfg, train)
+    else:
+        items_p = [p for p in train if p.rationale]
+        items_t = [p.rationale for p in items_p]
+        if not items_p:
+            raise ConfigError(f"{cfg.data} split {cfg.train_split!r} has no reference rationales")
+    policy, trainer, extra = open_training(
+        run, cfg.init, resume, cfg.optim, LossConfig(policy_loss="vanilla_pg"), cfg.max_steps
+    )
+    best = extra.get("best", {"step": 0, "acc": -1.0, "loss": float("inf")})
+    bad_evals = extra.get("bad_evals", 0)
+    stop_at = extra.get("stop_at", cfg.max_steps)
+    if trainer.step == 0:  # validation of the init, so "best" can be the starting point
+        acc0 = greedy_accuracy(policy.model, policy.processor, val, cfg.max_new_tokens)
+        nll0 = teacher_forced_nll(policy.model, policy.processor, val)
+        run.log(0, val_accuracy=acc0, val_loss=nll0)
+        best = {"step": 0, "acc": acc0, "loss": nll0}
+        save_model_atomic(policy.model, policy.processor, run.root / "best")
+    t0 = time.perf_counter()
+    with progress(f"{stage}[{cfg.arm}]", stop_at, trainer.step, show_progress) as bar:
+        while trainer.step < stop_at:
+            idx = batch_indices(len(items_p), cfg.batch_size, trainer.step, cfg.seed)
+            batch = teacher_forced([items_p[i] for i in idx], [items_t[i] for i in idx], policy.processor)
+            adv_BT = torch.ones(batch.response_mask_BT.shape)
+            st = trainer.update(batch, adv_BT, micro_batch=cfg.micro_batch, with_entropy=False)
+            row = {
+                "loss": st.pg_loss,
+                "lr": st.lr,
+                "grad_norm": st.grad_norm,
+                "tokens": st.num_tokens,
+                "step_time_s": time.perf_counter() - t0,
+            }
+            t0 = time.perf_counter()
+            if trainer.step % cfg.eval_every == 0 or trainer.step == stop_at:
+                acc = greedy_accuracy(policy.model, policy.processor, val, cfg.max_new_tokens)
+                nll = teacher_forced_nll(policy.model, policy.processor, val)
+                row.update(val_accuracy=acc, val_loss=nll)
+                # better = higher accuracy; ties broken by lower validation loss
+                if acc > best["acc"] + cfg.min_delta or (
+                    acc >= best["acc"] and nll < best["loss"] and acc == best["acc"]
+                ):
+                    best = {"step": trainer.step, "acc": acc, "loss": nll}
+                    bad_evals = 0
+                    save_model_atomic(policy.model, policy.processor, run.root / "best")
+                else:
+                    bad_evals += 1
+                if bad_evals >= cfg.patience and stop_at == cfg.max_steps:
+                    if cfg.arm == "early":
+                        stop_at = trainer.step
+                    else:
+                        stop_at = min(
+                            cfg.max_steps,
+                            max(trainer.step, int(round(cfg.over_multiple * max(best["step"], 1)))),
+                        )
+                    bar(0)
+            run.log(trainer.step, **row)
+            bar(1, loss=st.pg_loss, **({"val_acc": row["val_accuracy"]} if "val_accuracy" in row else {}))
+            if trainer.step % cfg.checkpoint_every == 0 and trainer.step < stop_at:
+                run.save_checkpoint(
+                    trainer,
+                    policy.processor,
+                    extra={"best": best, "bad_evals": bad_evals, "stop_at": stop_at},
+                )
+    if cfg.arm == "over":
+        save_model_atomic(policy.model, policy.processor, run.root / "final")
+    result = {
+        "arm": cfg.arm,
+        "best_step": best["step"],
+        "best_val_accuracy": best["acc"],
+        "best_val_loss": best["loss"],
+        "steps": trainer.step,
+        "over_multiple": cfg.over_multiple,
+        "model": str(run.root / ("final" if cfg.arm == "over" else "best")),
+        "early_model": str(run.root / "best"),
+        "n_train_items": len(items_p),
+        "val_split": cfg.val_split,
+        "val_problems": len(val),
+    }
+    atomic_write_text(run.root / "result.json", json.dumps(result, indent=2))
+    run.close()
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--arm", choices=["early", "over"], default=None, help="override the config's arm")
+
+
+def run(args: argparse.Namespace) -> int:
+    from warmstart.config import from_dict, to_dict
+
+    cfg = config_from_args(SFTConfig, args)
+    if args.arm:
+        cfg = from_dict(SFTConfig, {**to_dict(cfg), "arm": args.arm})
+    res = train_sft(cfg, resume=args.resume, show_progress=not args.quiet)
+    print(json.dumps(res, indent=2))
+    return 0

@@ -1,0 +1,542 @@
+"""The shared training step, checkpoints and run directories.
+
+Every stage (pretrain, SFT, OPD, GRPO) trains through :class:`Trainer`: a typed
+batch of rows (prompt + response tokens, a :class:`~warmstart.rollout.Rollouts`)
+with per-token advantages and behaviour log-probs comes in; one optimizer update
+comes out. The stages differ only in where the per-token weights come from:
+
+* SFT / pretrain: advantage 1 on every response token, ``old_logp = logp`` (ratio 1):
+  the policy-gradient loss is then exactly the token-mean negative log-likelihood.
+* OPD: advantage = ``-(log pi_student - log pi_teacher)`` per token.
+* GRPO: group-relative advantage of each row, spread over its tokens.
+
+Process-count agnostic: under ``accelerate launch --num_processes N`` every process
+holds the global batch and takes every N-th micro-batch of it; the loss of each
+micro-batch is divided by the *global* number of valid tokens, and the gradients
+are summed across processes (an all-reduce after accumulation, rather than DDP's
+per-backward mean, so ranks with different micro-batch counts cannot deadlock), so
+the update equals the single-process one up to float summation order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from warmstart import losses
+from warmstart.config import ConfigError, to_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and schedule shared by every stage.
+
+    Attributes:
+        lr: peak learning rate (AdamW).
+        weight_decay: AdamW decoupled weight decay.
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        warmup_steps: linear warm-up steps from 0 to ``lr``.
+        schedule: ``constant`` after warm-up, or ``cosine`` decay to ``min_lr_ratio * lr`` at the last step.
+        min_lr_ratio: floor of the cosine schedule as a fraction of ``lr``.
+        grad_clip: max global gradient norm (0 disables clipping).
+        vision_lr_mult: learning-rate multiplier for the vision tower (BASELINES: 3x helps a
+            tiny tower learn to read diagrams; 1.0 for pretrained models).
+        dtype: parameter/compute dtype: ``float32`` or ``bfloat16``.
+    """
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    vision_lr_mult: float = 1.0
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ConfigError("warmup_steps must be >= 0")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """How per-token weights become a loss (names are :mod:`warmstart.losses` registry keys).
+
+    Attributes:
+        policy_loss: ``ppo_clip`` or ``vanilla_pg``.
+        agg: ``token-mean`` | ``seq-mean-token-sum`` | ``seq-mean-token-mean`` | ``seq-mean-token-sum-norm``.
+        clip_low: lower PPO clip (ratio >= 1 - clip_low).
+        clip_high: upper PPO clip (ratio <= 1 + clip_high; DAPO's clip-higher when > clip_low).
+        dual_clip: dual-clip constant (> 1) for negative advantages, or ``None``.
+        norm: constant normaliser for ``seq-mean-token-sum-norm`` (Dr.GRPO), e.g. the max response length.
+        kl_coef: coefficient of the KL-to-reference loss term (0: no reference model is loaded).
+        kl_estimator: ``k1`` | ``k2`` | ``k3`` (alias ``low_var_kl``).
+        entropy_coef: coefficient of the entropy bonus (0 disables).
+    """
+
+    policy_loss: str = "ppo_clip"
+    agg: str = "token-mean"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    norm: float | None = None
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+
+    def validate(self) -> None:
+        for reg, name in (
+            ("policy_losses", self.policy_loss),
+            ("aggregations", self.agg),
+            ("kl_estimators", self.kl_estimator),
+        ):
+            try:
+                losses.get(reg, name)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def step_seed(seed: int, step: int, salt: int = 0) -> int:
+    """A per-step seed, so a resumed run draws exactly what an uninterrupted one would."""
+    return (seed * 1_000_003 + step * 7_919 + salt * 104_729) % (2**31 - 1)
+
+
+def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Learning-rate multiplier (of ``cfg.lr``) at 0-based optimizer step ``step``."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant" or total_steps <= cfg.warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _is_vision_param(name: str) -> bool:
+    return ".visual." in f".{name}" or name.startswith("visual.") or ".visual." in name
+
+
+@dataclass
+class StepStats:
+    """What one update reports (all plain floats)."""
+
+    loss: float
+    pg_loss: float
+    grad_norm: float
+    lr: float
+    clip_frac: float
+    num_tokens: int
+    entropy: float
+    kl: float = 0.0
+    skipped: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Trainer:
+    """AdamW + schedule + the weighted per-token policy loss, with gradient accumulation.
+
+    Args:
+        model: the trainable model (``requires_grad`` on the parameters to train).
+        optim: optimizer/schedule config.
+        loss: loss config.
+        total_steps: number of optimizer steps planned (for the schedule).
+        accelerator: an ``accelerate.Accelerator`` for multi-process runs, or ``None``.
+    """
+
+    def __init__(self, model, optim: OptimConfig, loss: LossConfig, total_steps: int, accelerator=None):
+        self.optim_cfg, self.loss_cfg, self.total_steps = optim, loss, total_steps
+        self.accelerator = accelerator
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("model has no trainable parameters")
+        groups = [
+            {"params": [p for n, p in params if not _is_vision_param(n)], "lr_mult": 1.0},
+            {"params": [p for n, p in params if _is_vision_param(n)], "lr_mult": optim.vision_lr_mult},
+        ]
+        groups = [g for g in groups if g["params"]]
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
+        )
+        self.model = model
+        self.step = 0
+        self.bad_steps_in_a_row = 0
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes if self.accelerator is not None else 1
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index if self.accelerator is not None else 0
+
+    @property
+    def unwrapped(self):
+        return self.model
+
+    def _all_reduce_grads(self, params: list[torch.Tensor]) -> None:
+        import torch.distributed as dist
+
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+    def _all_reduce_floats(self, values: dict[str, float]) -> dict[str, float]:
+        import torch.distributed as dist
+
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return {k: float(v) for k, v in zip(keys, t.tolist())}
+
+    def _set_lr(self) -> float:
+        mult = lr_at(self.step, self.total_steps, self.optim_cfg)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.optim_cfg.lr * mult * g.get("lr_mult", 1.0)
+        return self.optim_cfg.lr * mult
+
+    def update(
+        self,
+        rollouts,
+        adv_BT: torch.Tensor,
+        old_logp_BT: torch.Tensor | None = None,
+        ref_logp_BT: torch.Tensor | None = None,
+        micro_batch: int = 16,
+        score_fn: Callable | None = None,
+        with_entropy: bool = True,
+    ) -> StepStats:
+        """One optimizer step on all rows of ``rollouts`` (the global batch).
+
+        ``old_logp_BT`` None means on-policy (ratio 1: old = current, detached).
+        Rows are split into micro-batches; under N processes each takes every N-th
+        micro-batch. NaN/inf loss or gradient skips the step (``skipped=True``).
+        """
+        from warmstart.scoring import score_rollouts
+
+        score_fn = score_fn or score_rollouts
+        cfg = self.loss_cfg
+        mask_BT = rollouts.response_mask_BT
+        B = mask_BT.shape[0]
+        total_tokens = int(mask_BT.sum())  # global: every process holds the global batch
+        n_seqs = int((mask_BT.sum(1) > 0).sum())
+        denom = total_tokens if cfg.agg == "token-mean" else n_seqs
+        starts = list(range(0, B, micro_batch))[self.rank :: self.world_size]
+        lr = self._set_lr()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = {"pg": 0.0, "kl": 0.0, "ent": 0.0, "clip": 0.0, "loss": 0.0}
+        bad = False
+        for s in starts:
+            rows = list(range(s, min(B, s + micro_batch)))
+            mb = rollouts.select(rows)
+            m_BT = mask_BT[rows]
+            # entropy of the trained tokens is logged when asked for; the bonus needs it
+            need_entropy = with_entropy or cfg.entropy_coef > 0
+            scores = score_fn(self.model, mb, with_entropy=need_entropy, grad=True)
+            logp_BT = scores.logp_BT
+            old = logp_BT.detach() if old_logp_BT is None else old_logp_BT[rows]
+            pg, st = losses.policy_gradient_loss(
+                logp_BT,
+                old,
+                adv_BT[rows],
+                m_BT,
+                loss=cfg.policy_loss,
+                agg=cfg.agg,
+                clip_low=cfg.clip_low,
+                clip_high=cfg.clip_high,
+                dual_clip=cfg.dual_clip,
+                norm=cfg.norm,
+                denom=denom,
+            )
+            total = pg
+            n_tok = int(m_BT.sum())
+            if cfg.kl_coef > 0:
+                if ref_logp_BT is None:
+                    raise ValueError("kl_coef > 0 needs ref_logp_BT")
+                kl_BT = losses.get("kl_estimators", cfg.kl_estimator)(logp_BT, ref_logp_BT[rows])
+                kl = losses.get("aggregations", cfg.agg)(kl_BT, m_BT, norm=cfg.norm, denom=denom)
+                total = total + cfg.kl_coef * kl
+                sums["kl"] += float(kl)
+            ent_BT = scores.entropy_BT
+            if cfg.entropy_coef > 0:
+                total = total + losses.entropy_bonus(
+                    ent_BT, m_BT, cfg.entropy_coef, cfg.agg, norm=cfg.norm, denom=denom
+                )
+            if not torch.isfinite(total):
+                bad = True
+                break
+            total.backward()
+            sums["pg"] += float(pg)
+            sums["loss"] += float(total)
+            if ent_BT is not None:
+                sums["ent"] += float((ent_BT.detach() * m_BT).sum())
+            sums["clip"] += st["clip_frac"] * n_tok
+        grad_norm = float("nan")
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.world_size > 1:
+            sums["bad"] = float(bad)
+            sums = self._all_reduce_floats(sums)
+            bad = sums.pop("bad") > 0
+            self._all_reduce_grads(params)
+        if not bad:
+            if self.optim_cfg.grad_clip > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip))
+            else:
+                grad_norm = float(
+                    torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                )
+            bad = not math.isfinite(grad_norm)
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_steps_in_a_row += 1
+            log.warning(
+                "step %d: non-finite loss or gradient; update skipped (%d in a row)",
+                self.step,
+                self.bad_steps_in_a_row,
+            )
+        else:
+            self.optimizer.step()
+            self.bad_steps_in_a_row = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        tok = max(1, total_tokens)
+        return StepStats(
+            loss=sums["loss"],
+            pg_loss=sums["pg"],
+            grad_norm=grad_norm,
+            lr=lr,
+            clip_frac=sums["clip"] / tok,
+            num_tokens=total_tokens,
+            entropy=sums["ent"] / tok,
+            kl=sums["kl"],
+            skipped=bad,
+        )
+
+    # ---- checkpoints ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.random.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.random.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+
+
+# ---- run directory -----------------------------------------------------------------------
+@dataclass
+class RunDir:
+    """A stage's output folder: config snapshot, metrics.jsonl, TensorBoard events, checkpoints.
+
+    Layout::
+
+        <root>/config.json  metrics.jsonl  tb/  checkpoints/step_000040/  final/  result.json
+    """
+
+    root: Path
+    stage: str
+    tensorboard: bool = True
+    _tb: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "checkpoints").mkdir(exist_ok=True)
+
+    def write_config(self, cfg: Any) -> None:
+        atomic_write_text(self.root / "config.json", json.dumps(to_dict(cfg), indent=2, sort_keys=True))
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    def log(self, step: int, **values: Any) -> None:
+        row = {"step": step, "stage": self.stage, **{k: _jsonable(v) for k, v in values.items()}}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+        if self.tensorboard:
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.root / "tb"))
+            for k, v in row.items():
+                if (
+                    isinstance(v, (int, float))
+                    and not isinstance(v, bool)
+                    and k != "step"
+                    and math.isfinite(v)
+                ):
+                    self._tb.add_scalar(f"{self.stage}/{k}", v, step)
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop metric rows logged after ``after_step`` (work lost by a crash is redone on resume)."""
+        if not self.metrics_path.exists():
+            return
+        keep = [
+            ln
+            for ln in self.metrics_path.read_text().splitlines()
+            if ln.strip() and json.loads(ln)["step"] <= after_step
+        ]
+        atomic_write_text(self.metrics_path, "".join(ln + "\n" for ln in keep))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(ln) for ln in self.metrics_path.read_text().splitlines() if ln.strip()]
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    # checkpoints
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.root / "checkpoints" / f"step_{step:06d}"
+
+    def latest_checkpoint(self) -> Path | None:
+        ckpts = sorted(
+            p for p in (self.root / "checkpoints").glob("step_*") if (p / "trainer_state.pt").exists()
+        )
+        return ckpts[-1] if ckpts else None
+
+    def save_checkpoint(
+        self, trainer: Trainer, processor, extra: dict[str, Any] | None = None, keep_last: int = 2
+    ) -> Path:
+        """Model (HF format) + optimizer/RNG/step state, written atomically (temp dir, then rename)."""
+        dest = self.checkpoint_dir(trainer.step)
+        save_model_atomic(
+            trainer.unwrapped,
+            processor,
+            dest,
+            extra_files={"trainer_state.pt": {**trainer.state_dict(), "extra": extra or {}}},
+        )
+        ckpts = sorted((self.root / "checkpoints").glob("step_*"))
+        for old in ckpts[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        return dest
+
+
+def save_model_atomic(model, processor, dest: Path, extra_files: dict[str, Any] | None = None) -> Path:
+    """``save_pretrained`` into a temp dir beside ``dest``, then rename over it."""
+    dest = Path(dest)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    if processor is not None:
+        processor.save_pretrained(tmp)
+    for name, obj in (extra_files or {}).items():
+        torch.save(obj, tmp / name)
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return v
+
+
+def load_resume_state(ckpt: Path) -> dict[str, Any]:
+    return torch.load(ckpt / "trainer_state.pt", weights_only=False)
+
+
+class Timer:
+    """Wall-clock sections of a step (rollout / scoring / update), in seconds."""
+
+    def __init__(self) -> None:
+        self.t: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Section:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.t[name] = timer.t.get(name, 0.0) + time.perf_counter() - self.t0
+
+        return _Section()
+
+
+def open_training(
+    run: RunDir,
+    init: str,
+    resume: bool,
+    optim: OptimConfig,
+    loss: LossConfig,
+    total_steps: int,
+    accelerator=None,
+):
+    """Load the policy (from ``init``, or from the run's last checkpoint with ``resume``) and its Trainer.
+
+    Returns ``(policy, trainer, extra)`` where ``extra`` is the stage's own state saved
+    with the checkpoint (best validation so far, ...), empty on a fresh start.
+    """
+    from warmstart.models import load_policy
+
+    ckpt = run.latest_checkpoint() if resume else None
+    if resume and ckpt is None:
+        log.warning("--resume: no checkpoint in %s; starting from %s", run.root, init)
+    policy = load_policy(ckpt or init, dtype=optim.dtype, trainable=True)
+    for p in policy.model.parameters():
+        p.requires_grad_(True)
+    trainer = Trainer(policy.model, optim, loss, total_steps, accelerator=accelerator)
+    extra: dict[str, Any] = {}
+    if ckpt is not None:
+        state = load_resume_state(ckpt)
+        trainer.load_state_dict(state)
+        extra = state.get("extra", {})
+        run.truncate_metrics(trainer.step)
+        log.info("resumed from %s at step %d", ckpt, trainer.step)
+    else:
+        run.truncate_metrics(-1)
+    return policy, trainer, extra
