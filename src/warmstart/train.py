@@ -282,7 +282,7 @@ class Trainer:
                 kl_BT = losses.get("kl_estimators", cfg.kl_estimator)(logp_BT, ref_logp_BT[rows])
                 kl = losses.get("aggregations", cfg.agg)(kl_BT, m_BT, norm=cfg.norm, denom=denom)
                 total = total + cfg.kl_coef * kl
-                sums["kl"] += float(kl)
+                sums["kl"] += float(kl.detach())
             ent_BT = scores.entropy_BT
             if cfg.entropy_coef > 0:
                 total = total + losses.entropy_bonus(
@@ -292,8 +292,8 @@ class Trainer:
                 bad = True
                 break
             total.backward()
-            sums["pg"] += float(pg)
-            sums["loss"] += float(total)
+            sums["pg"] += float(pg.detach())
+            sums["loss"] += float(total.detach())
             if ent_BT is not None:
                 sums["ent"] += float((ent_BT.detach() * m_BT).sum())
             sums["clip"] += st["clip_frac"] * n_tok
@@ -452,6 +452,9 @@ class RunDir:
 
 def save_model_atomic(model, processor, dest: Path, extra_files: dict[str, Any] | None = None) -> Path:
     """``save_pretrained`` into a temp dir beside ``dest``, then rename over it."""
+    from warmstart.models.load import quiet_transformers
+
+    quiet_transformers()
     dest = Path(dest)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -535,8 +538,7 @@ def open_training(
         state = load_resume_state(ckpt)
         trainer.load_state_dict(state)
         extra = state.get("extra", {})
-        run.truncate_metrics(trainer.step)
-        log.info("resumed from %s at step %d", ckpt, trainer.step)
-    else:
-        run.truncate_metrics(-1)
+        log.info("resumed from %s at optimizer step %d", ckpt, trainer.step)
+    # metric rows logged after the checkpoint are redone: drop them (stages log by their own step)
+    run.truncate_metrics(extra.get("log_step", trainer.step) if ckpt is not None else -1)
     return policy, trainer, extra

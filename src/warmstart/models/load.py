@@ -17,6 +17,13 @@ import torch
 
 log = logging.getLogger(__name__)
 
+
+def quiet_transformers() -> None:
+    """Silence transformers' per-file load/save progress bars (stages show their own)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -129,6 +136,7 @@ def load_policy(
     """
     from transformers import AutoConfig
 
+    quiet_transformers()
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid: {sorted(DTYPES)}")
     local = Path(path_or_id)

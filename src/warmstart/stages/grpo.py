@@ -276,7 +276,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, show_progress: bool = True
             run.log(step, **row)
             bar(1, reward=row["reward_mean"], entropy=row["entropy"])
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                run.save_checkpoint(trainer, policy.processor, extra={"rollout_step": step})
+                run.save_checkpoint(trainer, policy.processor, extra={"rollout_step": step, "log_step": step})
     save_model_atomic(policy.model, policy.processor, run.root / "final")
     result = {"steps": step, "model": str(run.root / "final"), "init": cfg.init}
     atomic_write_text(run.root / "result.json", json.dumps(result, indent=2))

@@ -98,12 +98,16 @@ class OPDConfig:
             raise ConfigError("OPD has no reference-KL term: set loss.kl_coef = 0")
 
 
-def make_teacher(cfg: OPDConfig):
-    """The teacher scorer: in-process for a directory, HTTP for a URL."""
+def make_teacher(cfg: OPDConfig, student_tokenizer=None):
+    """The teacher scorer: in-process for a directory, HTTP for a URL.
+
+    The student's tokenizer lets the HTTP scorer send each sampled response exactly
+    as tokenised (and explain token-alignment failures).
+    """
     from warmstart.teacher import HTTPScorer, InProcessScorer
 
     if cfg.teacher.startswith(("http://", "https://")):
-        return HTTPScorer(cfg.teacher, model_name=cfg.teacher_model)
+        return HTTPScorer(cfg.teacher, model_name=cfg.teacher_model, tokenizer=student_tokenizer)
     from warmstart.models import load_policy
 
     return InProcessScorer(load_policy(cfg.teacher).model)
@@ -122,7 +126,7 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
     policy, trainer, extra = open_training(
         run, cfg.init, resume, cfg.optim, cfg.loss, cfg.steps * cfg.update_epochs
     )
-    teacher = teacher or make_teacher(cfg)
+    teacher = teacher or make_teacher(cfg, policy.processor.tokenizer)
     step = extra.get("rollout_step", 0)
     with progress("opd", cfg.steps, step, show_progress) as bar:
         while step < cfg.steps:
@@ -178,7 +182,7 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
             if trainer.bad_steps_in_a_row >= 5:
                 raise RuntimeError(f"opd: non-finite updates 5 steps in a row at step {step}; aborting")
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                run.save_checkpoint(trainer, policy.processor, extra={"rollout_step": step})
+                run.save_checkpoint(trainer, policy.processor, extra={"rollout_step": step, "log_step": step})
     save_model_atomic(policy.model, policy.processor, run.root / "final")
     result = {"steps": step, "model": str(run.root / "final"), "teacher": cfg.teacher}
     atomic_write_text(run.root / "result.json", json.dumps(result, indent=2))

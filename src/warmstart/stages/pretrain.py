@@ -49,7 +49,7 @@ class PretrainConfig:
     out_dir: str = "runs/pretrain"
     size: str = "s"
     init_seed: int = 0
-    vocab_size: int = 512
+    vocab_size: int = 768
     image_size: int = 56
     steps: int = 600
     batch_size: int = 32
@@ -79,17 +79,12 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, show_progress: bool = Tr
     out = Path(cfg.out_dir)
     init = out / "init"
     if not (init / "config.json").exists():
-        texts = [p.question for p in load_split(cfg.data, "train")] + [
-            p.rationale for p in load_split(cfg.data, "train") if p.rationale
-        ]
-        save_toy(
-            init,
-            cfg.size,
-            seed=cfg.init_seed,
-            image_size=cfg.image_size,
-            corpus=texts,
-            vocab_size=cfg.vocab_size,
-        )
+        from warmstart.data import prompts
+
+        train = load_split(cfg.data, "train")
+        # the tokenizer learns the words of the prompts and rationales it will see
+        texts = [prompts.SYSTEM_PROMPT] + [prompts.user_text(p) for p in train] + [p.rationale for p in train if p.rationale]
+        save_toy(init, cfg.size, seed=cfg.init_seed, image_size=cfg.image_size, corpus=texts, vocab_size=cfg.vocab_size)
     sft = from_dict(
         SFTConfig,
         {
