@@ -366,6 +366,12 @@ def test_peft_wrapped_model(toy_dir, policy):
     got.logp_BT.sum().backward()
     lora_grads = [p.grad for n, p in wrapped.named_parameters() if "lora_" in n and p.requires_grad]
     assert lora_grads and any(g is not None and g.abs().sum() > 0 for g in lora_grads)
+    # LoRA on the LM head itself would be bypassed by the chunked head: refused, not ignored.
+    head_lora = peft.get_peft_model(
+        load_policy(toy_dir).model, peft.LoraConfig(r=4, target_modules=["lm_head"])
+    )
+    with pytest.raises(ValueError, match="LM head"):
+        _score(head_lora, seq, pw, rmask_BT)
 
 
 def _prompt_batch(processor, idx=(0, 1, 2)):

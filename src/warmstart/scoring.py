@@ -362,6 +362,12 @@ def _base_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
         base = getattr(inner, "model", None)
     if head is None or base is None:
         raise TypeError(f"cannot find the base model and LM head of {type(model).__name__}")
+    if hasattr(head, "lora_A"):
+        # The chunked head reads `head.weight` directly; a LoRA delta on the head would be
+        # silently ignored. (peft's modules_to_save copy is fine: `.weight` is the active copy.)
+        raise ValueError(
+            "LoRA on the LM head is not supported by chunked scoring: leave lm_head out of target_modules"
+        )
     return base, head
 
 
