@@ -1,0 +1,299 @@
+"""Rollouts: the sampler's tokens, log-probs and entropies against the HF model itself.
+
+One toy checkpoint ("xs") is saved per module. Its text weights are re-drawn with a
+larger scale so that next-token distributions depend clearly on the context: greedy
+sequences then vary from token to token (a freshly initialised toy repeats one token)
+and argmax near-ties, which could make "equal to generate" flaky, are rare.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from warmstart.data.schema import Problem
+from warmstart.models import load_policy
+from warmstart.models.toy import save_toy
+from warmstart.rollout import (
+    SUPPRESS_LOGIT,
+    PromptBatch,
+    Rollouts,
+    SamplingParams,
+    encode_prompts,
+    sample,
+    sample_from_logits,
+    suppressed_token_ids,
+    top_p_mask,
+)
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    path = save_toy(tmp_path_factory.mktemp("toy") / "xs", "xs", seed=0)
+    pol = load_policy(path)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in list(pol.model.model.language_model.parameters()) + [pol.model.lm_head.weight]:
+            if p.ndim == 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
+    return pol
+
+
+def make_problems(k: int, offset: int = 0) -> list[Problem]:
+    """k problems whose questions have different lengths (so prompts get left padding)."""
+    out = []
+    for i in range(offset, offset + k):
+        image = Image.new("RGB", (56, 56), ((70 * i) % 256, 40, (200 - 30 * i) % 256))
+        question = f"Side {i + 2}. Find the perimeter." + " Be careful." * (i % 3)
+        out.append(Problem(id=f"p{i}", question=question, images=(image,), answer="0", answer_type="integer"))
+    return out
+
+
+def reference_scores(
+    model, rollouts: Rollouts, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logp / entropy of the response tokens from one fresh full HF forward (naive log_softmax)."""
+    seqs = rollouts.full_sequences()
+    with torch.no_grad():
+        logits = model(**seqs.model_inputs()).logits.float()
+    width = rollouts.prompts.input_ids_QP.shape[1]
+    n_resp = rollouts.response_ids_BT.shape[1]
+    z = logits[:, width - 1 : width - 1 + n_resp].clone()
+    z[..., list(rollouts.suppressed_ids)] = SUPPRESS_LOGIT
+    logp_all = torch.log_softmax(z / temperature, dim=-1)
+    logp = logp_all.gather(-1, rollouts.response_ids_BT[..., None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    mask = rollouts.response_mask_BT
+    return logp * mask, entropy * mask
+
+
+def with_lm_head_bias(model, bias_by_id: dict[int, float]):
+    """A copy of ``model`` whose LM head adds a bias to some vocabulary entries."""
+    model = copy.deepcopy(model)
+    old = model.lm_head
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(old.weight)
+        head.bias.zero_()
+        for token, value in bias_by_id.items():
+            head.bias[token] = value
+    head.requires_grad_(False)
+    model.lm_head = head
+    return model
+
+
+def test_same_seed_same_tokens_different_seed_different(policy):
+    problems = make_problems(3)
+    a = sample(policy.model, policy.processor, problems, SamplingParams(n=2, max_new_tokens=16, seed=7))
+    b = sample(policy.model, policy.processor, problems, SamplingParams(n=2, max_new_tokens=16, seed=7))
+    c = sample(policy.model, policy.processor, problems, SamplingParams(n=2, max_new_tokens=16, seed=8))
+    assert torch.equal(a.response_ids_BT, b.response_ids_BT)
+    assert torch.equal(a.logp_BT, b.logp_BT)
+    assert a.texts_B == b.texts_B
+    width = min(a.response_ids_BT.shape[1], c.response_ids_BT.shape[1])
+    assert not torch.equal(a.response_ids_BT[:, :width], c.response_ids_BT[:, :width])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logp_and_entropy_match_a_full_forward(policy, temperature):
+    problems = make_problems(3)
+    params = SamplingParams(n=2, max_new_tokens=20, temperature=temperature, seed=3)
+    r = sample(policy.model, policy.processor, problems, params)
+    ref_logp, ref_entropy = reference_scores(policy.model, r, temperature)
+    mask = r.response_mask_BT
+    assert mask.any()
+    assert torch.allclose(r.logp_BT, ref_logp, atol=1e-4, rtol=0)
+    assert torch.allclose(r.entropy_BT, ref_entropy, atol=1e-4, rtol=0)
+    assert (r.logp_BT[~mask] == 0).all() and (r.entropy_BT[~mask] == 0).all()
+    # Ordinary tensors, usable by a training forward later (not inference tensors).
+    assert not r.response_ids_BT.is_inference() and not r.logp_BT.is_inference()
+
+
+def test_greedy_matches_hf_generate(policy):
+    problems = make_problems(3)
+    r = sample(policy.model, policy.processor, problems, SamplingParams(greedy=True, max_new_tokens=24))
+    batch = r.prompts
+    with torch.no_grad():
+        out = policy.model.generate(
+            input_ids=batch.input_ids_QP,
+            attention_mask=batch.attention_mask_QP,
+            mm_token_type_ids=batch.mm_token_type_ids_QP,
+            pixel_values=batch.pixel_values,
+            image_grid_thw=batch.image_grid_thw_I3,
+            do_sample=False,
+            max_new_tokens=24,
+            suppress_tokens=list(r.suppressed_ids),
+        )
+    theirs = out[:, batch.input_ids_QP.shape[1] :]
+    ours = r.response_ids_BT
+    assert theirs.shape == ours.shape
+    assert torch.equal(ours, theirs)
+    assert len(set(ours[0].tolist())) > 5  # a real sequence, not one repeated token
+
+
+def test_eos_stops_a_row_and_pads_after(policy):
+    eos = policy.tokenizer.eos_token_id
+    pad = policy.tokenizer.pad_token_id
+    model = with_lm_head_bias(policy.model, {eos: 5.0})  # EOS about one step in four
+    r = sample(model, policy.processor, make_problems(2), SamplingParams(n=4, max_new_tokens=24, seed=1))
+    lengths = r.response_lengths_B.tolist()
+    assert "stop" in r.finish_reason_B and min(lengths) < r.response_ids_BT.shape[1]
+    for b, (reason, length) in enumerate(zip(r.finish_reason_B, lengths)):
+        ids = r.response_ids_BT[b]
+        if reason == "stop":
+            assert ids[length - 1] == eos and eos not in ids[: length - 1].tolist()
+            assert (ids[length:] == pad).all() and not r.response_mask_BT[b, length:].any()
+            assert (r.logp_BT[b, length:] == 0).all()
+        else:
+            assert length == 24 and eos not in ids.tolist()
+        assert r.response_mask_BT[b, :length].all()
+    ref_logp, _ = reference_scores(model, r)
+    assert torch.allclose(r.logp_BT, ref_logp, atol=1e-4, rtol=0)
+
+
+def test_n_samples_share_their_prompt_and_rows_are_contiguous(policy):
+    problems = make_problems(3)
+    r = sample(policy.model, policy.processor, problems, SamplingParams(n=3, max_new_tokens=10, seed=2))
+    assert r.prompt_index_B.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    seqs = r.full_sequences()
+    width = r.prompts.input_ids_QP.shape[1]
+    for b in range(r.num_rows):
+        q = int(r.prompt_index_B[b])
+        assert torch.equal(seqs.input_ids_BL[b, :width], r.prompts.input_ids_QP[q])
+        assert torch.equal(seqs.input_ids_BL[b, width:], r.response_ids_BT[b])
+    # Each row carries its prompt's image patches (16 per 56 px image).
+    patches = r.prompts.pixel_values.view(3, 16, -1)
+    assert torch.equal(seqs.pixel_values.view(9, 16, -1), patches.repeat_interleave(3, dim=0))
+    assert seqs.image_grid_thw.shape == (9, 3)
+    # Samples of one prompt differ (temperature 1 over a wide distribution).
+    assert not torch.equal(r.response_ids_BT[0], r.response_ids_BT[1])
+
+
+def test_left_padded_batch_equals_each_prompt_alone_greedy(policy):
+    problems = make_problems(3)
+    batch = encode_prompts(problems, policy.processor)
+    assert len(set(batch.attention_mask_QP.sum(1).tolist())) > 1  # really different lengths
+    params = SamplingParams(greedy=True, max_new_tokens=16)
+    together = sample(policy.model, policy.processor, batch, params)
+    for q, problem in enumerate(problems):
+        alone = sample(policy.model, policy.processor, [problem], params)
+        length = int(alone.response_lengths_B[0])
+        assert torch.equal(together.response_ids_BT[q, :length], alone.response_ids_BT[0, :length])
+        assert torch.allclose(together.logp_BT[q, :length], alone.logp_BT[0, :length], atol=1e-5)
+        assert torch.allclose(together.entropy_BT[q, :length], alone.entropy_BT[0, :length], atol=1e-5)
+
+
+def test_vision_special_tokens_are_never_sampled(policy):
+    tok = policy.tokenizer
+    vision = [
+        tok.convert_tokens_to_ids(t)
+        for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+    ]
+    banned = set(vision) | {tok.pad_token_id}
+    assert banned <= set(suppressed_token_ids(policy.model, tok))
+    assert tok.eos_token_id not in suppressed_token_ids(policy.model, tok)
+    # Without suppression these tokens would take almost all the probability mass.
+    model = with_lm_head_bias(policy.model, {t: 30.0 for t in banned})
+    r = sample(model, policy.processor, make_problems(2), SamplingParams(n=4, max_new_tokens=12, seed=0))
+    assert not banned & set(r.response_ids_BT[r.response_mask_BT].tolist())
+    assert torch.isfinite(r.logp_BT).all() and torch.isfinite(r.entropy_BT).all()
+    ref_logp, ref_entropy = reference_scores(model, r)
+    assert torch.allclose(r.logp_BT, ref_logp, atol=1e-4, rtol=0)
+    assert torch.allclose(r.entropy_BT, ref_entropy, atol=1e-4, rtol=0)
+
+
+def test_top_p_draws_only_from_the_nucleus():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    # Mass before each token: 0, 0.5, 0.8, 0.95 -> top_p 0.7 keeps the first two.
+    assert top_p_mask(probs[None], 0.7).tolist() == [[True, True, False, False]]
+    assert top_p_mask(probs[None], 0.5).tolist() == [[True, False, False, False]]
+    assert top_p_mask(probs[None], 1.0).all()
+    # Shuffled vocabulary order: the nucleus follows probability, not position.
+    order = torch.tensor([2, 0, 3, 1])
+    logits = probs[order].log().expand(40_000, 4).contiguous()
+    gen = torch.Generator().manual_seed(0)
+    token, logp, entropy = sample_from_logits(logits, top_p=0.7, generator=gen)
+    picked = order[token]  # back to indices into `probs`
+    assert set(picked.tolist()) == {0, 1}
+    assert abs((picked == 0).float().mean().item() - 0.5 / 0.8) < 0.01
+    # Reported log-probs and entropy are those of the full distribution (before top-p).
+    assert torch.allclose(logp, probs[picked].log(), atol=1e-6)
+    assert torch.allclose(entropy, -(probs * probs.log()).sum().expand(40_000), atol=1e-5)
+
+
+def test_full_distribution_draw_frequencies_and_suppressed_zero():
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
+    logits = probs.clamp_min(1e-45).log()
+    logits[1] = SUPPRESS_LOGIT
+    gen = torch.Generator().manual_seed(1)
+    token, logp, entropy = sample_from_logits(logits.expand(60_000, 4).contiguous(), generator=gen)
+    freq = torch.bincount(token, minlength=4).float() / token.numel()
+    assert freq[1] == 0
+    assert torch.allclose(freq, probs, atol=0.01)
+    assert torch.isfinite(entropy).all()
+    assert abs(entropy[0].item() - (-sum(p * math.log(p) for p in (0.1, 0.6, 0.3)))) < 1e-5
+    greedy, _, _ = sample_from_logits(logits[None], greedy=True)
+    assert greedy.tolist() == [2]
+
+
+def test_max_batch_rows_chunks_give_the_same_greedy_rows_and_report_progress(policy):
+    problems = make_problems(2)
+    params = SamplingParams(n=3, greedy=True, max_new_tokens=8)
+    whole = sample(policy.model, policy.processor, problems, params)
+    calls: list[tuple[int, int]] = []
+    chunked = sample(
+        policy.model,
+        policy.processor,
+        problems,
+        params,
+        max_batch_rows=2,
+        progress=lambda d, t: calls.append((d, t)),
+    )
+    assert torch.equal(whole.response_ids_BT, chunked.response_ids_BT)
+    assert torch.allclose(whole.logp_BT, chunked.logp_BT, atol=1e-5)
+    assert chunked.prompt_index_B.tolist() == [0, 0, 0, 1, 1, 1]
+    assert [t for _, t in calls] == [6] * len(calls) and len(calls) == 4  # n=3 > 2 rows: 2 + 1 per prompt
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and calls[-1][0] == 6
+    sampled = sample(
+        policy.model, policy.processor, problems, SamplingParams(n=3, max_new_tokens=8), max_batch_rows=4
+    )
+    ref_logp, _ = reference_scores(policy.model, sampled)
+    assert torch.allclose(sampled.logp_BT, ref_logp, atol=1e-4, rtol=0)
+
+
+def test_select_and_cat_keep_rows_and_prompts_consistent(policy):
+    a = sample(
+        policy.model, policy.processor, make_problems(2), SamplingParams(n=2, max_new_tokens=6, seed=0)
+    )
+    b = sample(
+        policy.model,
+        policy.processor,
+        make_problems(1, offset=5),
+        SamplingParams(n=2, max_new_tokens=9, seed=0),
+    )
+    picked = a.select([3, 0])
+    assert picked.prompt_index_B.tolist() == [1, 0]
+    assert torch.equal(picked.response_ids_BT, a.response_ids_BT[[3, 0]])
+    assert picked.texts_B == [a.texts_B[3], a.texts_B[0]]
+    both = Rollouts.cat([a, b])
+    assert both.num_rows == 6 and both.prompts.num_prompts == 3
+    assert both.prompt_index_B.tolist() == [0, 0, 1, 1, 2, 2]
+    assert both.response_ids_BT.shape[1] == max(a.response_ids_BT.shape[1], b.response_ids_BT.shape[1])
+    # The concatenation scores like its parts.
+    logp, _ = reference_scores(policy.model, both)
+    assert torch.allclose(logp[:4, : a.logp_BT.shape[1]], a.logp_BT, atol=1e-4, rtol=0)
+    assert torch.allclose(logp[4:, : b.logp_BT.shape[1]], b.logp_BT, atol=1e-4, rtol=0)
+    assert isinstance(PromptBatch.cat([a.prompts, b.prompts]), PromptBatch)
+
+
+def test_sampling_params_validation():
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=0.0)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0.0)
+    with pytest.raises(ValueError, match="n must"):
+        SamplingParams(n=0)
