@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from warmstart.data.prompts import prompt_text
 from warmstart.data.schema import Problem
 from warmstart.models import load_policy
 from warmstart.models.toy import save_toy
@@ -23,6 +24,7 @@ from warmstart.rollout import (
     PromptBatch,
     Rollouts,
     SamplingParams,
+    _shared_text_prefix,
     encode_prompts,
     sample,
     sample_from_logits,
@@ -185,6 +187,30 @@ def test_left_padded_batch_equals_each_prompt_alone_greedy(policy):
         assert torch.equal(together.response_ids_BT[q, :length], alone.response_ids_BT[0, :length])
         assert torch.allclose(together.logp_BT[q, :length], alone.logp_BT[0, :length], atol=1e-5)
         assert torch.allclose(together.entropy_BT[q, :length], alone.entropy_BT[0, :length], atol=1e-5)
+
+
+def test_shared_prompt_prefix_is_prefilled_once_and_scores_exactly(policy, monkeypatch):
+    """Prompts with a long common head (a system turn) take the shared-prefix prefill path."""
+    import warmstart.rollout as rollout_module
+
+    problems = make_problems(3)
+    system = "<|im_start|>system\nYou are a careful geometry tutor. Think step by step.<|im_end|>\n"
+    texts = [system + prompt_text(p, policy.processor) for p in problems]
+    batch = encode_prompts(problems, policy.processor, texts=texts)
+    start_Q = (batch.attention_mask_QP == 0).sum(1)
+    shared = _shared_text_prefix(batch.input_ids_QP, batch.mm_token_type_ids_QP, start_Q)
+    assert shared >= rollout_module.MIN_SHARED_PREFIX
+    sampled = sample(policy.model, policy.processor, batch, SamplingParams(n=2, max_new_tokens=12, seed=4))
+    ref_logp, ref_entropy = reference_scores(policy.model, sampled)
+    assert torch.allclose(sampled.logp_BT, ref_logp, atol=1e-4, rtol=0)
+    assert torch.allclose(sampled.entropy_BT, ref_entropy, atol=1e-4, rtol=0)
+    # Same greedy tokens with the shared-prefix prefill switched off.
+    greedy = SamplingParams(greedy=True, max_new_tokens=12)
+    with_prefix = sample(policy.model, policy.processor, batch, greedy)
+    monkeypatch.setattr(rollout_module, "MIN_SHARED_PREFIX", 10**9)
+    without_prefix = sample(policy.model, policy.processor, batch, greedy)
+    assert torch.equal(with_prefix.response_ids_BT, without_prefix.response_ids_BT)
+    assert torch.allclose(with_prefix.logp_BT, without_prefix.logp_BT, atol=1e-5)
 
 
 def test_vision_special_tokens_are_never_sampled(policy):

@@ -6,8 +6,8 @@ produce the same :class:`Rollouts` later). How it works, and why:
 * **Prefill through the real HF forward, once per prompt.** The vision tower, the
   merge of image features into the token embeddings and the 3-D (mrope) positions
   are transformers' own code. Each prompt and its image are encoded once for all
-  ``n`` samples. The text prefix that every prompt shares (system prompt, chat
-  header: ~40% of a toy prompt) is run once and its KV cache reused for all prompts.
+  ``n`` samples. A text prefix that every prompt shares (a system prompt, the chat
+  header) is run once and its KV cache reused for all prompts.
 * **Decode with a small step of our own** over the language model's weights.
   ``generate`` spends only 3-14% of its time on its own overhead at toy scale
   (shared/BASELINES.md); the rest is the per-token forward, which here does less:
