@@ -147,6 +147,7 @@ def evaluate_to_file(
     seed: int = 0,
     show_progress: bool = True,
     device: str = "cpu",
+    chunk: int = 32,
 ) -> dict:
     """Evaluate checkpoint ``model`` on ``data``/``split`` and write ``out`` (resumable)."""
     from warmstart.data.loaders import load_problems
@@ -194,6 +195,7 @@ def evaluate_to_file(
             seed=seed,
             on_chunk=on_chunk,
             skip_ids=frozenset(done),
+            chunk=chunk,
         )
     result = build_eval(
         model=ModelInfo(name=model_name or Path(model).name, path=str(model)),

@@ -179,6 +179,31 @@ class StudyConfig:
                 )
         if self.grpo_preset and self.grpo_preset not in GRPO_PRESETS:
             raise ConfigError(f"grpo_preset {self.grpo_preset!r} is not one of {sorted(GRPO_PRESETS)}")
+        self._check_stage_tables()
+
+    def _check_stage_tables(self) -> None:
+        """Validate the stage tables now (unknown keys, bad values), not minutes into a run."""
+        from warmstart.stages.grpo import GRPOConfig
+        from warmstart.stages.opd import OPDConfig
+        from warmstart.stages.pretrain import PretrainConfig
+        from warmstart.stages.sft import SFTConfig
+
+        stub = {"init": "-", "data": "-"}
+        checks = [
+            ("sft", SFTConfig, {**self.sft, **stub, "teacher": "-"}),
+            ("opd", OPDConfig, {**self.opd, **stub, "teacher": "-"}),
+            ("grpo", GRPOConfig, {**deep_merge(GRPO_PRESETS.get(self.grpo_preset, {}), self.grpo), **stub}),
+        ]
+        for who in ("student", "teacher"):
+            if getattr(self, who).pretrain:
+                checks.append(
+                    (f"{who}.pretrain", PretrainConfig, {**getattr(self, who).pretrain, "data": "-"})
+                )
+        for name, cls, data in checks:
+            try:
+                from_dict(cls, data)
+            except ConfigError as e:
+                raise ConfigError(f"[{name}] {e}") from None
 
 
 # The widely used Geometry3K GRPO recipe (EasyR1's example), written out explicitly.
@@ -234,6 +259,7 @@ class Step:
     deps: list[str]
     params: dict[str, Any]
     out: Path
+    root: Path = Path(".")  # the study's run directory (step markers live in <root>/.steps)
     key: str = ""
     total: int = 0  # progress units (training steps), 0 = unknown
 
@@ -276,7 +302,10 @@ def plan(cfg: StudyConfig, root: Path) -> list[Step]:
     student = model_step("student")
     teacher = model_step("teacher")
     model_deps = lambda path, who: [who] if not getattr(cfg, who).path else []  # noqa: E731
-    sft_params = {**cfg.sft, **common, "val_split": val_split, "init": student, "arm": "over"}
+    # SFT early stopping selects on a held-out split other than the one the study reports
+    # (synthetic: "test"), so the reported in-domain accuracy carries no selection bias.
+    sft_val = cfg.sft.get("val_split", "test" if cfg.data.kind == "synthetic" else val_split)
+    sft_params = {**cfg.sft, **common, "val_split": sft_val, "init": student, "arm": "over"}
     if cfg.sft.get("solutions") == "teacher":
         sft_params["teacher"] = teacher
     steps.append(
@@ -287,7 +316,7 @@ def plan(cfg: StudyConfig, root: Path) -> list[Step]:
             + model_deps(student, "student")
             + (model_deps(teacher, "teacher") if cfg.sft.get("solutions") == "teacher" else []),
             sft_params,
-            root / "stage1" / "sft",
+            root / "stage1" / "sft_over",
             total=int(cfg.sft.get("max_steps", 1000)),
         )
     )
@@ -302,8 +331,8 @@ def plan(cfg: StudyConfig, root: Path) -> list[Step]:
         )
     )
     arm_model = {
-        "sft_early": str(root / "stage1" / "sft" / "best"),
-        "sft_over": str(root / "stage1" / "sft" / "final"),
+        "sft_early": str(root / "stage1" / "sft_over" / "best"),
+        "sft_over": str(root / "stage1" / "sft_over" / "final"),
         "opd": str(root / "stage1" / "opd" / "final"),
     }
     arm_dep = {"sft_early": "sft", "sft_over": "sft", "opd": "opd"}
@@ -348,15 +377,18 @@ def plan(cfg: StudyConfig, root: Path) -> list[Step]:
     steps.append(Step("report", "report", [s.name for s in steps if s.kind == "eval"], {}, root))
     by_name = {s.name: s for s in steps}
     for s in steps:  # keys: own params + deps' keys (so a change upstream redoes downstream)
+        s.root = root
         s.key = config_hash({"kind": s.kind, "params": s.params, "deps": [by_name[d].key for d in s.deps]})
     return steps
 
 
 # ---- running one step -------------------------------------------------------------------------
+def _marker(step: Step, what: str) -> Path:
+    return step.root / ".steps" / f"{step.name.replace(':', '__')}.{what}.json"
+
+
 def _done_file(step: Step) -> Path:
-    return (
-        (step.out.parent / f".{step.out.name}.done.json") if step.kind == "eval" else step.out / ".done.json"
-    )
+    return _marker(step, "done")
 
 
 def is_done(step: Step) -> bool:
@@ -395,6 +427,7 @@ def run_step(step: Step, threads: int, show_progress: bool = False) -> dict:
         result = train_sft(
             from_dict(SFTConfig, {**p, "out_dir": str(step.out)}), resume=resume, show_progress=show_progress
         )
+        write_early_arm(step.out, step.root / "stage1" / "sft_early", result)
     elif step.kind == "opd":
         from warmstart.stages.opd import OPDConfig, train_opd
 
@@ -441,7 +474,27 @@ def run_step(step: Step, threads: int, show_progress: bool = False) -> dict:
 
 
 def _started_file(step: Step) -> Path:
-    return step.out.parent / f".{step.out.name}.started.json"
+    return _marker(step, "started")
+
+
+def write_early_arm(over_dir: Path, early_dir: Path, result: dict) -> None:
+    """Give the early-stopped arm its own folder: its training log is the over run's up to the best step.
+
+    The over-trained run passes through the early arm's best checkpoint (``best/``, the
+    same weights a standalone early run would keep: same seed, same data order), so the
+    study trains SFT once and reads both arms from it.
+    """
+    early_dir.mkdir(parents=True, exist_ok=True)
+    rows = [ln for ln in (over_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    keep = [ln for ln in rows if json.loads(ln)["step"] <= result["best_step"]]
+    (early_dir / "metrics.jsonl").write_text("".join(ln + "\n" for ln in keep))
+    info = {
+        "derived_from": str(over_dir),
+        "model": result["early_model"],
+        "best_step": result["best_step"],
+        "best_val_accuracy": result["best_val_accuracy"],
+    }
+    (early_dir / "result.json").write_text(json.dumps(info, indent=2))
 
 
 def _summary(result: Any) -> Any:
@@ -563,7 +616,12 @@ def execute(
             else:
                 failed[name] = info
                 console.print(f"[red]step {name} failed[/red]:\n{info}")
-    summary = {"wall_s": time.time() - t_start, "steps_s": timings, "failed": sorted(failed)}
+    summary = {
+        "wall_s": time.time() - t_start,
+        "ran": [s.name for s in todo if s.name in timings and s.name not in failed],
+        "steps_s": timings,
+        "failed": sorted(failed),
+    }
     (root / "study_timing.json").write_text(json.dumps(summary, indent=2))
     if failed:
         raise RuntimeError(

@@ -474,3 +474,39 @@ class HTTPScorer(Scorer):
                     f.cancel()
                 raise
         return TokenScores(logp_BT=logp_BT, entropy_BT=None)
+
+
+def http_generate(
+    scorer: HTTPScorer, problems: list[Any], n: int, temperature: float, max_tokens: int, seed: int = 0
+) -> list[list[str]]:
+    """``n`` sampled responses per problem from an OpenAI-compatible server (plain chat completions).
+
+    Used for teacher-generated SFT rationales when the teacher is served (vLLM): the
+    same messages as the scoring requests, ``n`` choices per request.
+    """
+    from warmstart.data.prompts import build_messages
+
+    model = scorer.resolved_model_name()
+
+    def one(i: int) -> list[str]:
+        p = problems[i]
+        body = {
+            "model": model,
+            "messages": openai_messages(build_messages(p), p.load_images()),
+            "n": n,
+            "temperature": temperature,
+            "top_p": 1.0,
+            "max_tokens": max_tokens,
+            "seed": seed + i,
+        }
+        data = scorer._json("POST", "/v1/chat/completions", body)
+        try:
+            return [str(c["message"]["content"]) for c in data["choices"]]
+        except (KeyError, TypeError):
+            raise TeacherError(
+                f"malformed response from {scorer.base_url}: no choices[].message.content "
+                f"for problem {p.id!r}: {str(data)[:200]}"
+            ) from None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(scorer.batch_size, len(problems)))) as pool:
+        return list(pool.map(one, range(len(problems))))

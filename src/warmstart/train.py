@@ -115,6 +115,25 @@ class LossConfig:
                 raise ConfigError(str(e)) from None
 
 
+def is_main_process() -> bool:
+    """Rank 0 (or a plain single-process run): the one process that writes files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def make_accelerator():
+    """An ``accelerate.Accelerator`` when launched with several processes, else ``None``.
+
+    Every process runs the stage loop on the same data and seeds (so rollouts agree);
+    :meth:`Trainer.update` splits each global batch's micro-batches across processes
+    and all-reduces the gradients; only rank 0 writes logs and checkpoints.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -377,6 +396,8 @@ class RunDir:
         (self.root / "checkpoints").mkdir(exist_ok=True)
 
     def write_config(self, cfg: Any) -> None:
+        if not is_main_process():
+            return
         atomic_write_text(self.root / "config.json", json.dumps(to_dict(cfg), indent=2, sort_keys=True))
 
     @property
@@ -384,6 +405,8 @@ class RunDir:
         return self.root / "metrics.jsonl"
 
     def log(self, step: int, **values: Any) -> None:
+        if not is_main_process():
+            return
         row = {"step": step, "stage": self.stage, **{k: _jsonable(v) for k, v in values.items()}}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -404,7 +427,7 @@ class RunDir:
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop metric rows logged after ``after_step`` (work lost by a crash is redone on resume)."""
-        if not self.metrics_path.exists():
+        if not is_main_process() or not self.metrics_path.exists():
             return
         keep = [
             ln
@@ -438,6 +461,8 @@ class RunDir:
     ) -> Path:
         """Model (HF format) + optimizer/RNG/step state, written atomically (temp dir, then rename)."""
         dest = self.checkpoint_dir(trainer.step)
+        if not is_main_process():
+            return dest
         save_model_atomic(
             trainer.unwrapped,
             processor,
@@ -456,6 +481,8 @@ def save_model_atomic(model, processor, dest: Path, extra_files: dict[str, Any] 
 
     quiet_transformers()
     dest = Path(dest)
+    if not is_main_process():
+        return dest
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -532,7 +559,7 @@ def open_training(
     policy = load_policy(ckpt or init, dtype=optim.dtype, trainable=True)
     for p in policy.model.parameters():
         p.requires_grad_(True)
-    trainer = Trainer(policy.model, optim, loss, total_steps, accelerator=accelerator)
+    trainer = Trainer(policy.model, optim, loss, total_steps, accelerator=accelerator or make_accelerator())
     extra: dict[str, Any] = {}
     if ckpt is not None:
         state = load_resume_state(ckpt)

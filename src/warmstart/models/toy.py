@@ -258,6 +258,9 @@ def save_toy(
     """Build a toy model + processor and ``save_pretrained`` both into ``out_dir``."""
     if isinstance(size, str):
         size = SIZES[size]
+    from warmstart.models.load import quiet_transformers
+
+    quiet_transformers()
     out = Path(out_dir)
     tokenizer = build_toy_tokenizer(corpus, vocab_size=vocab_size)
     processor = build_toy_processor(tokenizer, image_size)

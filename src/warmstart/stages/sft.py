@@ -110,35 +110,49 @@ class SFTConfig:
 
 
 def teacher_solutions(cfg: SFTConfig, problems) -> tuple[list, list[str]]:
-    """Sample ``teacher_samples`` rationales per problem from the teacher; keep the correct ones."""
-    from warmstart.grading import grade
-    from warmstart.models import load_policy
-    from warmstart.rollout import SamplingParams, sample
+    """Sample ``teacher_samples`` rationales per problem from the teacher; keep the correct ones.
 
-    teacher = load_policy(cfg.teacher)
-    kept_p, kept_t = [], []
-    for s in range(0, len(problems), 64):
-        chunk = problems[s : s + 64]
-        ro = sample(
-            teacher.model,
-            teacher.processor,
-            chunk,
-            SamplingParams(
+    The teacher is a checkpoint (sampled in-process) or the URL of an OpenAI-compatible
+    server (vLLM) that generates them.
+    """
+    from warmstart.grading import grade
+
+    samples: list[tuple] = []  # (problem, text, finished)
+    if cfg.teacher.startswith(("http://", "https://")):
+        from warmstart.teacher import HTTPScorer, http_generate
+
+        texts = http_generate(
+            HTTPScorer(cfg.teacher),
+            list(problems),
+            cfg.teacher_samples,
+            cfg.teacher_temperature,
+            cfg.max_new_tokens,
+            seed=cfg.seed,
+        )
+        samples = [(p, t, True) for p, ts in zip(problems, texts) for t in ts]
+    else:
+        from warmstart.models import load_policy
+        from warmstart.rollout import SamplingParams, sample
+
+        teacher = load_policy(cfg.teacher)
+        for s in range(0, len(problems), 64):
+            chunk = problems[s : s + 64]
+            params = SamplingParams(
                 n=cfg.teacher_samples,
                 temperature=cfg.teacher_temperature,
                 max_new_tokens=cfg.max_new_tokens,
                 seed=cfg.seed + s,
-            ),
-        )
-        for b, text in enumerate(ro.texts_B):
-            p = chunk[int(ro.prompt_index_B[b])]
-            if ro.finish_reason_B[b] == "stop" and grade(text, p).correct:
-                kept_p.append(p)
-                kept_t.append(text)
-    log.info("teacher rationales: kept %d of %d samples", len(kept_t), len(problems) * cfg.teacher_samples)
-    if not kept_t:
+            )
+            ro = sample(teacher.model, teacher.processor, chunk, params)
+            samples += [
+                (chunk[int(q)], t, r == "stop")
+                for t, q, r in zip(ro.texts_B, ro.prompt_index_B, ro.finish_reason_B)
+            ]
+    kept = [(p, t) for p, t, finished in samples if finished and grade(t, p).correct]
+    log.info("teacher rationales: kept %d of %d samples", len(kept), len(samples))
+    if not kept:
         raise RuntimeError("the teacher produced no correct rationale; cannot run SFT on teacher solutions")
-    return kept_p, kept_t
+    return [p for p, _ in kept], [t for _, t in kept]
 
 
 def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, stage: str = "sft") -> dict:

@@ -1,0 +1,96 @@
+"""The study end to end on configs/smoke.toml (seconds-scale), its cache, --force and --dry-run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from warmstart.cli import main
+from warmstart.config import ConfigError, from_dict
+from warmstart.study import STAGE1_ARMS, StudyConfig, load_study, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_configs_parse_and_plan_every_model():
+    for name in ("toy", "smoke", "paper-qwen2.5-vl-7b"):
+        cfg = load_study(ROOT / "configs" / f"{name}.toml")
+        steps = plan(cfg, Path("/tmp/x"))
+        evals = {s.name for s in steps if s.kind == "eval"}
+        models = {"base", *STAGE1_ARMS, *(f"{a}+grpo" for a in STAGE1_ARMS)}
+        if not cfg.teacher.path.startswith("http"):
+            models.add("teacher")
+        assert evals == {f"eval:{m}:{sp}" for m in models for sp in ("validation", "ood")}
+    paper = load_study(ROOT / "configs" / "paper-qwen2.5-vl-7b.toml")
+    grpo = next(s for s in plan(paper, Path("/tmp/x")) if s.name == "grpo:opd").params
+    # the geo3k-easyr1 preset, written out
+    assert (
+        grpo["optim"]["lr"] == 1e-6
+        and grpo["loss"]["clip_high"] == 0.3
+        and grpo["loss"]["kl_estimator"] == "k3"
+    )
+    assert grpo["prompts_per_step"] == 512 and grpo["n"] == 5 and grpo["max_new_tokens"] == 2048
+
+
+def test_unknown_study_key_names_the_nearest():
+    with pytest.raises(ConfigError, match="did you mean 'grpo_preset'"):
+        from_dict(StudyConfig, {"grpo_prest": "x"})
+
+
+def test_paper_dry_run_explains_what_is_missing(capsys):
+    rc = main(
+        [
+            "run",
+            "--config",
+            str(ROOT / "configs" / "paper-qwen2.5-vl-7b.toml"),
+            "--dry-run",
+            "--out",
+            "/tmp/warmstart-dry",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "missing: data data/geometry3k does not exist" in out
+    assert "Qwen/Qwen2.5-VL-7B-Instruct is a hub id that is not in the local cache" in out
+    assert "http://127.0.0.1:8000 is not reachable" in out
+    assert "needed by: sft, opd" in out
+
+
+@pytest.mark.slow
+def test_smoke_study_end_to_end_then_cached(tmp_path, capsys):
+    out = tmp_path / "smoke"
+    assert main(["run", "--config", str(ROOT / "configs" / "smoke.toml"), "--out", str(out), "--quiet"]) == 0
+    for f in ("report.md", "report.html", "study_timing.json"):
+        assert (out / f).exists()
+    evals = sorted(p.name for p in (out / "eval").glob("*.json"))
+    assert len(evals) == 16, evals
+    for arm in ("sft_early", "sft_over", "opd"):
+        assert (out / "stage1" / arm / "metrics.jsonl").exists()
+        assert (out / "stage2" / arm / "metrics.jsonl").exists()
+    md = (out / "report.md").read_text()
+    assert "opd+grpo" in md and "sft_over+grpo" in md and "missing:" not in md
+    first = json.loads((out / "study_timing.json").read_text())
+    assert first["ran"] and not first["failed"]
+    # a re-run finds everything done and runs nothing
+    assert main(["run", "--config", str(ROOT / "configs" / "smoke.toml"), "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "study_timing.json").read_text())["ran"] == []
+    # --force redoes one step and what depends on it (here: the report)
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                str(ROOT / "configs" / "smoke.toml"),
+                "--out",
+                str(out),
+                "--quiet",
+                "--force",
+                "eval:base:ood",
+            ]
+        )
+        == 0
+    )
+    assert sorted(json.loads((out / "study_timing.json").read_text())["ran"]) == ["eval:base:ood", "report"]
+    capsys.readouterr()
