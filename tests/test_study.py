@@ -22,7 +22,9 @@ def test_configs_parse_and_plan_every_model():
         models = {"base", *STAGE1_ARMS, *(f"{a}+grpo" for a in STAGE1_ARMS)}
         if not cfg.teacher.path.startswith("http"):
             models.add("teacher")
-        assert evals == {f"eval:{m}:{sp}" for m in models for sp in ("validation", "ood")}
+        expected = {f"eval:{m}:{sp}" for m in models for sp in ("validation", "ood")}
+        expected |= {f"eval:{m}:validation_blank" for m in ("base", "teacher") if m in models}
+        assert evals == expected
     paper = load_study(ROOT / "configs" / "paper-qwen2.5-vl-7b.toml")
     grpo = next(s for s in plan(paper, Path("/tmp/x")) if s.name == "grpo:opd").params
     # the geo3k-easyr1 preset, written out
@@ -65,7 +67,7 @@ def test_smoke_study_end_to_end_then_cached(tmp_path, capsys):
     for f in ("report.md", "report.html", "study_timing.json"):
         assert (out / f).exists()
     evals = sorted(p.name for p in (out / "eval").glob("*.json"))
-    assert len(evals) == 16, evals
+    assert len(evals) == 18, evals  # 8 models x 2 splits + the blank-image ablation of base and teacher
     for arm in ("sft_early", "sft_over", "opd"):
         assert (out / "stage1" / arm / "metrics.jsonl").exists()
         assert (out / "stage2" / arm / "metrics.jsonl").exists()

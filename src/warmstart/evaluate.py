@@ -148,8 +148,13 @@ def evaluate_to_file(
     show_progress: bool = True,
     device: str = "cpu",
     chunk: int = 32,
+    blank_images: bool = False,
 ) -> dict:
-    """Evaluate checkpoint ``model`` on ``data``/``split`` and write ``out`` (resumable)."""
+    """Evaluate checkpoint ``model`` on ``data``/``split`` and write ``out`` (resumable).
+
+    ``blank_images`` replaces every image by a plain white one of the same size: the
+    text-only ablation that shows how much of the accuracy comes from reading the diagram.
+    """
     from warmstart.data.loaders import load_problems
     from warmstart.models import load_policy
     from warmstart.stages.common import progress
@@ -158,6 +163,8 @@ def evaluate_to_file(
     problems = load_problems(data, split=split).problems
     if limit:
         problems = problems[:limit]
+    if blank_images:
+        problems = [blank_problem(p) for p in problems]
     partial = out.with_name(out.name + ".partial.jsonl")
     done: dict[str, ProblemResult] = {}
     if partial.exists():  # resume: keep finished problems (a torn last line is dropped)
@@ -213,6 +220,14 @@ def evaluate_to_file(
     return {k: v.value for k, v in result.summary.items()}
 
 
+def blank_problem(problem):
+    """The problem with each image replaced by a white image of the same size."""
+    from PIL import Image
+
+    blanks = tuple(Image.new("RGB", im.size, (255, 255, 255)) for im in problem.load_images())
+    return dataclasses.replace(problem, images=blanks)
+
+
 def describe(summary: dict, split: str, n: int, temperature: float) -> str:
     """Accuracy lines that say their split, greedy or sampled, temperature and n."""
     lines = []
@@ -250,6 +265,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed")
     parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument(
+        "--blank-images",
+        action="store_true",
+        help="text-only ablation: replace every image by a white one of the same size",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -273,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             show_progress=not args.quiet,
             device=args.device,
+            blank_images=args.blank_images,
         )
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

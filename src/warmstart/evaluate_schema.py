@@ -148,6 +148,10 @@ STAGE2_SUFFIX = "+grpo"
 SPLITS: dict[str, str] = {"validation": "in-domain", "ood": "out-of-domain"}
 """Evaluation splits and what they measure, in report order."""
 
+BLANK_SPLIT = "validation_blank"
+"""File-name split of the text-only ablation: the in-domain split with every image blanked
+(base student and teacher only; it shows how much accuracy comes from reading the diagram)."""
+
 
 def stage2_model(arm: str) -> str:
     """Name of the Stage-2 endpoint started from Stage-1 ``arm`` (``opd`` -> ``opd+grpo``)."""

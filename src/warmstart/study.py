@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from warmstart.config import ConfigError, config_hash, from_dict, load_toml, to_dict
+from warmstart.evaluate_schema import BLANK_SPLIT
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class EvalSettings:
         limit: evaluate only the first N problems of each split (0 = all).
         bootstrap: bootstrap resamples for intervals.
         seed: sampling and bootstrap seed.
+        blank_ablation: also evaluate the base student and the teacher on the in-domain
+            split with every image blanked (text-only ablation), as split ``validation_blank``.
     """
 
     n: int = 16
@@ -118,6 +121,7 @@ class EvalSettings:
     limit: int = 0
     bootstrap: int = 10_000
     seed: int = 0
+    blank_ablation: bool = True
 
 
 @dataclass(frozen=True)
@@ -356,24 +360,28 @@ def plan(cfg: StudyConfig, root: Path) -> list[Step]:
     for arm in STAGE1_ARMS:
         models[arm] = (arm_model[arm], [arm_dep[arm]])
         models[f"{arm}+grpo"] = (str(root / "stage2" / arm / "final"), [f"grpo:{arm}"])
-    for split_name, ref in (("validation", val_ref), ("ood", ood_ref)):
-        for model, (path, deps) in models.items():
-            steps.append(
-                Step(
-                    f"eval:{model}:{split_name}",
-                    "eval",
-                    data_deps + deps,
-                    {
-                        "model": path,
-                        "model_name": model,
-                        "data": ref.path,
-                        "split": ref.split,
-                        "limit": ref.limit or cfg.eval.limit,
-                        **{k: v for k, v in to_dict(cfg.eval).items() if k != "limit"},
-                    },
-                    root / "eval" / f"{model}__{split_name}.json",
-                )
+    evals = [(m, sp, ref, False) for sp, ref in (("validation", val_ref), ("ood", ood_ref)) for m in models]
+    if cfg.eval.blank_ablation:  # text-only ablation of the two models trained from scratch (or given)
+        evals += [(m, BLANK_SPLIT, val_ref, True) for m in ("base", "teacher") if m in models]
+    for model, split_name, ref, blank in evals:
+        path, deps = models[model]
+        steps.append(
+            Step(
+                f"eval:{model}:{split_name}",
+                "eval",
+                data_deps + deps,
+                {
+                    "model": path,
+                    "model_name": model,
+                    "data": ref.path,
+                    "split": ref.split,
+                    "limit": ref.limit or cfg.eval.limit,
+                    "blank_images": blank,
+                    **{k: v for k, v in to_dict(cfg.eval).items() if k not in ("limit", "blank_ablation")},
+                },
+                root / "eval" / f"{model}__{split_name}.json",
             )
+        )
     steps.append(Step("report", "report", [s.name for s in steps if s.kind == "eval"], {}, root))
     by_name = {s.name: s for s in steps}
     for s in steps:  # keys: own params + deps' keys (so a change upstream redoes downstream)
@@ -458,6 +466,7 @@ def run_step(step: Step, threads: int, show_progress: bool = False) -> dict:
             bootstrap=p["bootstrap"],
             seed=p["seed"],
             show_progress=show_progress,
+            blank_images=p.get("blank_images", False),
         )
     elif step.kind == "report":
         from warmstart.report import build_report

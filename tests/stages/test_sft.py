@@ -162,3 +162,14 @@ def test_kill_and_resume_gives_identical_weights(toy_dir, synth_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [r["step"] for r in _metrics(tmp_path / "killed") if "loss" in r]
     assert steps == list(range(1, 11))  # no step lost or logged twice
+
+
+def test_families_filter_restricts_training_items(toy_dir, synth_dir, tmp_path):
+    res = train_sft(
+        _cfg(toy_dir, synth_dir, tmp_path / "f", max_steps=1, eval_every=1, families=["polygon_perimeter"]),
+        show_progress=False,
+    )
+    from warmstart.data.loaders import load_problems
+
+    n = sum(p.meta["family"] == "polygon_perimeter" for p in load_problems(synth_dir, split="train").problems)
+    assert res["n_train_items"] == n > 0

@@ -33,6 +33,7 @@ class PretrainConfig:
         out_dir: run directory; the trained model ends up in ``<out_dir>/final``.
         size: toy size name (``xs``, ``s``, ``m``; see ``warmstart.models.toy.SIZES``).
         init_seed: seed of the random initialisation.
+        families: train only on these problem families (``meta["family"]``; empty: all).
         vocab_size: target vocabulary of the toy tokenizer (trained on the training texts).
         image_size: image side in pixels (multiple of 28).
         steps: optimizer steps.
@@ -49,6 +50,7 @@ class PretrainConfig:
     out_dir: str = "runs/pretrain"
     size: str = "s"
     init_seed: int = 0
+    families: tuple[str, ...] = ()
     vocab_size: int = 768
     image_size: int = 56
     steps: int = 600
@@ -103,6 +105,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, show_progress: bool = Tr
             "seed": cfg.seed,
             "optim": to_dict(cfg.optim),
             "over_multiple": 1.0,
+            "families": list(cfg.families),
         },
     )
     return train_sft(sft, resume=resume, show_progress=show_progress, stage="pretrain")

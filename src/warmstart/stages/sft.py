@@ -57,6 +57,9 @@ class SFTConfig:
         out_dir: run directory.
         arm: ``early`` (stop at the best validation) or ``over`` (run to ``over_multiple`` x the best step).
         train_split: split with the training problems.
+        families: train only on problems whose ``meta["family"]`` is listed (empty: all).
+            Stage 0 uses it to give the toy student a curriculum that leaves skills for
+            Stage-1 to teach.
         val_split: held-out split for validation.
         val_problems: number of validation problems used (first N; 0 = all).
         solutions: ``reference`` (the data set's rationales) or ``teacher`` (rationales sampled
@@ -82,6 +85,7 @@ class SFTConfig:
     out_dir: str = "runs/sft"
     arm: Literal["early", "over"] = "early"
     train_split: str = "train"
+    families: tuple[str, ...] = ()
     val_split: str = "validation"
     val_problems: int = 0
     solutions: Literal["reference", "teacher"] = "reference"
@@ -161,6 +165,10 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
     run = RunDir(cfg.out_dir, stage)
     run.write_config(cfg)
     train = load_split(cfg.data, cfg.train_split)
+    if cfg.families:
+        train = [p for p in train if p.meta.get("family") in cfg.families]
+        if not train:
+            raise ConfigError(f"no {cfg.train_split!r} problem of families {list(cfg.families)} in {cfg.data}")
     val = load_split(cfg.data, cfg.val_split, cfg.val_problems or None)
     if cfg.solutions == "teacher":
         items_p, items_t = teacher_solutions(cfg, train)
