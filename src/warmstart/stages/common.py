@@ -83,6 +83,27 @@ def greedy_accuracy(
 
 
 @torch.no_grad()
+def sampled_entropy(
+    model, processor, problems: Sequence[Problem], max_new_tokens: int, seed: int = 0, batch_size: int = 64
+) -> float:
+    """Policy entropy (DESIGN.md): token mean of the full-vocabulary entropy of one T=1 sample per problem."""
+    from warmstart.rollout import SamplingParams, sample
+
+    model.eval()
+    tot, n = 0.0, 0
+    for s in range(0, len(problems), batch_size):
+        ro = sample(
+            model,
+            processor,
+            list(problems[s : s + batch_size]),
+            SamplingParams(n=1, temperature=1.0, max_new_tokens=max_new_tokens, seed=seed + s),
+        )
+        tot += float((ro.entropy_BT * ro.response_mask_BT).sum())
+        n += int(ro.response_mask_BT.sum())
+    return tot / max(1, n)
+
+
+@torch.no_grad()
 def teacher_forced_nll(model, processor, problems: Sequence[Problem], batch_size: int = 64) -> float:
     """Token-mean NLL of the reference rationales (validation loss)."""
     from warmstart.scoring import score_rollouts

@@ -85,8 +85,19 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, show_progress: bool = Tr
 
         train = load_split(cfg.data, "train")
         # the tokenizer learns the words of the prompts and rationales it will see
-        texts = [prompts.SYSTEM_PROMPT] + [prompts.user_text(p) for p in train] + [p.rationale for p in train if p.rationale]
-        save_toy(init, cfg.size, seed=cfg.init_seed, image_size=cfg.image_size, corpus=texts, vocab_size=cfg.vocab_size)
+        texts = (
+            [prompts.SYSTEM_PROMPT]
+            + [prompts.user_text(p) for p in train]
+            + [p.rationale for p in train if p.rationale]
+        )
+        save_toy(
+            init,
+            cfg.size,
+            seed=cfg.init_seed,
+            image_size=cfg.image_size,
+            corpus=texts,
+            vocab_size=cfg.vocab_size,
+        )
     sft = from_dict(
         SFTConfig,
         {

@@ -32,6 +32,7 @@ from warmstart.stages.common import (
     greedy_accuracy,
     load_split,
     progress,
+    sampled_entropy,
     teacher_forced,
     teacher_forced_nll,
 )
@@ -168,7 +169,9 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
     if cfg.families:
         train = [p for p in train if p.meta.get("family") in cfg.families]
         if not train:
-            raise ConfigError(f"no {cfg.train_split!r} problem of families {list(cfg.families)} in {cfg.data}")
+            raise ConfigError(
+                f"no {cfg.train_split!r} problem of families {list(cfg.families)} in {cfg.data}"
+            )
     val = load_split(cfg.data, cfg.val_split, cfg.val_problems or None)
     if cfg.solutions == "teacher":
         items_p, items_t = teacher_solutions(cfg, train)
@@ -186,7 +189,8 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
     if trainer.step == 0:  # validation of the init, so "best" can be the starting point
         acc0 = greedy_accuracy(policy.model, policy.processor, val, cfg.max_new_tokens)
         nll0 = teacher_forced_nll(policy.model, policy.processor, val)
-        run.log(0, val_accuracy=acc0, val_loss=nll0)
+        ent0 = sampled_entropy(policy.model, policy.processor, val, cfg.max_new_tokens, seed=cfg.seed)
+        run.log(0, val_accuracy=acc0, val_loss=nll0, entropy=ent0)
         best = {"step": 0, "acc": acc0, "loss": nll0}
         save_model_atomic(policy.model, policy.processor, run.root / "best")
     t0 = time.perf_counter()
@@ -207,7 +211,9 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
             if trainer.step % cfg.eval_every == 0 or trainer.step == stop_at:
                 acc = greedy_accuracy(policy.model, policy.processor, val, cfg.max_new_tokens)
                 nll = teacher_forced_nll(policy.model, policy.processor, val)
-                row.update(val_accuracy=acc, val_loss=nll)
+                # policy entropy of T=1 samples on the validation prompts (the trajectory the study plots)
+                ent = sampled_entropy(policy.model, policy.processor, val, cfg.max_new_tokens, seed=cfg.seed)
+                row.update(val_accuracy=acc, val_loss=nll, entropy=ent)
                 # better = higher accuracy; ties broken by lower validation loss
                 if acc > best["acc"] + cfg.min_delta or (
                     acc >= best["acc"] and nll < best["loss"] and acc == best["acc"]
