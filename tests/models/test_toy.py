@@ -62,3 +62,25 @@ def test_sizes_are_valid_and_ordered():
     for s in SIZES.values():
         s.validate()
     assert SIZES["xs"].text_hidden < SIZES["s"].text_hidden < SIZES["m"].text_hidden
+
+
+def test_lora_adapters_train_and_merge_back(tmp_path):
+    """load_policy(lora=...) trains only the adapters; save_policy merges them into a plain checkpoint."""
+    from warmstart.models import LoraSpec, save_policy
+
+    src = save_toy(tmp_path / "toy", "xs", seed=0)
+    pol = load_policy(src, lora=LoraSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj")), trainable=True)
+    trainable = [n for n, p in pol.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    enc = _inputs(pol)
+    loss = pol.model(**enc).logits.float().logsumexp(-1).mean()
+    loss.backward()
+    opt = torch.optim.SGD([p for p in pol.model.parameters() if p.requires_grad], lr=1.0)
+    opt.step()
+    save_policy(pol, pol.processor, tmp_path / "merged")
+    merged = load_policy(tmp_path / "merged")
+    with torch.no_grad():
+        a = pol.model(**enc).logits
+        b = merged.model(**enc).logits
+        base = load_policy(src).model(**enc).logits
+    assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, base, atol=1e-4)
