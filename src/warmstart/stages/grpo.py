@@ -136,6 +136,9 @@ def _sample_groups(policy, problems, cfg: GRPOConfig, step: int):
     kept, rewards, accs, fmts = [], [], [], []
     seen_groups = equal_groups = 0
     all_acc, all_fmt, all_rew = [], [], []
+    # Each rollout step owns 1 + max_refills consecutive batch slots of the epoch-seeded
+    # prompt order, so refills never repeat a prompt of the same step and a resumed run
+    # draws the same prompts; without dynamic sampling the extra slots go unused.
     for refill in range(1 + (cfg.max_refills if cfg.dynamic_sampling else 0)):
         idx = batch_indices(
             len(problems), cfg.prompts_per_step, step * (1 + cfg.max_refills) + refill, cfg.seed
@@ -152,9 +155,9 @@ def _sample_groups(policy, problems, cfg: GRPOConfig, step: int):
         g = [grade(t, chunk[int(q)]) for t, q in zip(ro.texts_B, ro.prompt_index_B)]
         acc = torch.tensor([float(x.correct) for x in g]).view(-1, cfg.n)
         fmt = torch.tensor([float(x.format_ok) for x in g]).view(-1, cfg.n)
-        rew = acc.clone().apply_(lambda v: 0.0)  # filled below
-        for i in range(rew.numel()):
-            rew.view(-1)[i] = combine_reward(cfg.reward, float(acc.view(-1)[i]), float(fmt.view(-1)[i]))
+        rew = torch.tensor(
+            [combine_reward(cfg.reward, float(x.correct), float(x.format_ok)) for x in g]
+        ).view(-1, cfg.n)
         if cfg.overlong == "penalty":
             trunc = torch.tensor([r == "length" for r in ro.finish_reason_B]).view(-1, cfg.n)
             rew[trunc] = cfg.overlong_penalty
