@@ -305,7 +305,11 @@ def plan(cfg: StudyConfig, root: Path) -> list[Step]:
 
     student = model_step("student")
     teacher = model_step("teacher")
-    model_deps = lambda path, who: [who] if not getattr(cfg, who).path else []  # noqa: E731
+
+    def needs(who: str) -> list[str]:
+        """The step that builds ``who`` (student/teacher), when the study builds it."""
+        return [] if getattr(cfg, who).path else [who]
+
     # SFT early stopping selects on a held-out split other than the one the study reports
     # (synthetic: "test"), so the reported in-domain accuracy carries no selection bias.
     sft_val = cfg.sft.get("val_split", "test" if cfg.data.kind == "synthetic" else val_split)
@@ -317,8 +321,8 @@ def plan(cfg: StudyConfig, root: Path) -> list[Step]:
             "sft",
             "sft",
             data_deps
-            + model_deps(student, "student")
-            + (model_deps(teacher, "teacher") if cfg.sft.get("solutions") == "teacher" else []),
+            + needs("student")
+            + (needs("teacher") if cfg.sft.get("solutions") == "teacher" else []),
             sft_params,
             root / "stage1" / "sft_over",
             total=int(cfg.sft.get("max_steps", 1000)),
@@ -328,7 +332,7 @@ def plan(cfg: StudyConfig, root: Path) -> list[Step]:
         Step(
             "opd",
             "opd",
-            data_deps + model_deps(student, "student") + model_deps(teacher, "teacher"),
+            data_deps + needs("student") + needs("teacher"),
             {**cfg.opd, **common, "init": student, "teacher": teacher},
             root / "stage1" / "opd",
             total=int(cfg.opd.get("steps", 100)),
@@ -352,9 +356,9 @@ def plan(cfg: StudyConfig, root: Path) -> list[Step]:
                 total=int(grpo_base.get("steps", 100)),
             )
         )
-    models = {"base": (student, model_deps(student, "student"))}
+    models = {"base": (student, needs("student"))}
     if not teacher.startswith(("http://", "https://")):
-        models["teacher"] = (teacher, model_deps(teacher, "teacher"))
+        models["teacher"] = (teacher, needs("teacher"))
     elif cfg.teacher.eval_path:  # a served teacher is evaluated from its local checkpoint
         models["teacher"] = (cfg.teacher.eval_path, [])
     for arm in STAGE1_ARMS:
