@@ -27,7 +27,6 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -132,12 +131,6 @@ def make_accelerator():
     from accelerate import Accelerator
 
     return Accelerator()
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def step_seed(seed: int, step: int, salt: int = 0) -> int:
@@ -247,7 +240,6 @@ class Trainer:
         old_logp_BT: torch.Tensor | None = None,
         ref_logp_BT: torch.Tensor | None = None,
         micro_batch: int = 16,
-        score_fn: Callable | None = None,
         with_entropy: bool = True,
     ) -> StepStats:
         """One optimizer step on all rows of ``rollouts`` (the global batch).
@@ -258,7 +250,6 @@ class Trainer:
         """
         from warmstart.scoring import score_rollouts
 
-        score_fn = score_fn or score_rollouts
         cfg = self.loss_cfg
         mask_BT = rollouts.response_mask_BT
         B = mask_BT.shape[0]
@@ -277,7 +268,7 @@ class Trainer:
             m_BT = mask_BT[rows]
             # entropy of the trained tokens is logged when asked for; the bonus needs it
             need_entropy = with_entropy or cfg.entropy_coef > 0
-            scores = score_fn(self.model, mb, with_entropy=need_entropy, grad=True)
+            scores = score_rollouts(self.model, mb, with_entropy=need_entropy, grad=True)
             logp_BT = scores.logp_BT
             old = logp_BT.detach() if old_logp_BT is None else old_logp_BT[rows]
             pg, st = losses.policy_gradient_loss(

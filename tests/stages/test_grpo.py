@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from warmstart.config import ConfigError, from_dict, to_dict
+from warmstart.config import ConfigError, from_dict
 from warmstart.data.loaders import load_problems
 from warmstart.models import load_policy
 from warmstart.rollout import SamplingParams, sample
 from warmstart.stages.grpo import GRPOConfig, combine_reward, train_grpo
 from warmstart.train import LossConfig, OptimConfig, Trainer
+
+from .crash import run_full_then_killed_and_resumed
 
 
 def _cfg(init, synth_dir, out, **over):
@@ -134,19 +131,13 @@ def test_kill_and_resume_gives_identical_weights(trained_toy, synth_dir, tmp_pat
         _cfg(trained_toy, synth_dir, tmp_path / "full", **over),
         _cfg(trained_toy, synth_dir, tmp_path / "k", **over),
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = lambda cfg, mode: [sys.executable, "-c", RESUME_SCRIPT, json.dumps(to_dict(cfg)), mode]  # noqa: E731
-    subprocess.run(cmd(full, "fresh"), env=env, check=True)
-    proc = subprocess.Popen(cmd(killed, "fresh"), env=env)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if any((p / "trainer_state.pt").exists() for p in (tmp_path / "k" / "checkpoints").glob("step_*")):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    subprocess.run(cmd(killed, "resume"), env=env, check=True)
+    ckpts = tmp_path / "k" / "checkpoints"
+    run_full_then_killed_and_resumed(
+        RESUME_SCRIPT,
+        full,
+        killed,
+        lambda: any((p / "trainer_state.pt").exists() for p in ckpts.glob("step_*")),
+    )
     a, b = _weights(tmp_path / "full" / "final"), _weights(tmp_path / "k" / "final")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
@@ -16,6 +11,8 @@ from safetensors.torch import load_file
 from warmstart.config import from_dict
 from warmstart.stages.common import batch_indices
 from warmstart.stages.sft import SFTConfig, train_sft
+
+from .crash import run_full_then_killed_and_resumed
 
 
 def _cfg(toy_dir, synth_dir, out, **over):
@@ -92,6 +89,10 @@ def test_early_stop_and_over_multiple(toy_dir, synth_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _assert_unfinished(run_dir):
+    assert not (run_dir / "final").exists(), "the killed run must not have finished"
+
+
 RESUME_SCRIPT = r"""
 import sys, json, torch
 torch.set_num_threads(1)
@@ -113,49 +114,16 @@ def test_kill_and_resume_gives_identical_weights(toy_dir, synth_dir, tmp_path):
     }
     full = _cfg(toy_dir, synth_dir, tmp_path / "full", **common)
     killed = _cfg(toy_dir, synth_dir, tmp_path / "killed", **common)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    def launch(cfg, mode):
-        from warmstart.config import to_dict
-
-        return subprocess.Popen(
-            [sys.executable, "-c", RESUME_SCRIPT, json.dumps(to_dict(cfg)), mode], env=env
-        )
-
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            RESUME_SCRIPT,
-            json.dumps(__import__("warmstart.config").config.to_dict(full)),
-            "fresh",
-        ],
-        env=env,
-        check=True,
-    )
-    proc = launch(killed, "fresh")
     ckpts = tmp_path / "killed" / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if any(
+    # kill once a checkpoint at step >= 4 exists
+    run_full_then_killed_and_resumed(
+        RESUME_SCRIPT,
+        full,
+        killed,
+        lambda: any(
             (p / "trainer_state.pt").exists() and int(p.name.split("_")[1]) >= 4 for p in ckpts.glob("step_*")
-        ):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed; make the run longer"
-    proc.send_signal(signal.SIGKILL)  # a real crash: no cleanup runs
-    proc.wait()
-    assert not (tmp_path / "killed" / "final").exists()
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            RESUME_SCRIPT,
-            json.dumps(__import__("warmstart.config").config.to_dict(killed)),
-            "resume",
-        ],
-        env=env,
-        check=True,
+        ),
+        after_kill=lambda: _assert_unfinished(tmp_path / "killed"),
     )
     a, b = _weights(tmp_path / "full" / "final"), _weights(tmp_path / "killed" / "final")
     assert a.keys() == b.keys()

@@ -24,6 +24,7 @@ def quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
 
+
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,

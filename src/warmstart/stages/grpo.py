@@ -161,7 +161,9 @@ def _sample_groups(policy, problems, cfg: GRPOConfig, step: int):
         if cfg.overlong == "penalty":
             trunc = torch.tensor([r == "length" for r in ro.finish_reason_B]).view(-1, cfg.n)
             rew[trunc] = cfg.overlong_penalty
-        all_acc.append(acc), all_fmt.append(fmt), all_rew.append(rew)
+        all_acc.append(acc)
+        all_fmt.append(fmt)
+        all_rew.append(rew)
         eq = losses.all_equal_groups(rew)
         seen_groups += rew.shape[0]
         equal_groups += int(eq.sum())
