@@ -29,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split", default=None, help="load only this split (val = validation)")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad rows instead of stopping")
+    parser.add_argument(
+        "--allow-outside-images",
+        action="store_true",
+        help="accept image paths that leave the data set's folder (../, absolute paths)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -72,7 +77,13 @@ def format_summary(summary: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Load ``args.path`` and print its summary; 2 on bad data."""
     try:
-        result = load_problems(args.path, format=args.format, skip_bad=args.skip_bad, split=args.split)
+        result = load_problems(
+            args.path,
+            format=args.format,
+            skip_bad=args.skip_bad,
+            split=args.split,
+            allow_outside_images=args.allow_outside_images,
+        )
     except DataError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the source error held
         print(f"error: {message}", file=sys.stderr)

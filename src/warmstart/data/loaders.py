@@ -63,6 +63,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from PIL import Image
 
+from warmstart.atomic import atomic_write_text, write_via
 from warmstart.data.schema import ANSWER_TYPES, Problem
 
 logger = logging.getLogger(__name__)
@@ -130,9 +131,10 @@ class _BadRow(Exception):
 class _Collector:
     """Turns rows into problems one at a time, raising or recording each bad one."""
 
-    def __init__(self, root: Path, skip_bad: bool) -> None:
+    def __init__(self, root: Path, skip_bad: bool, allow_outside_images: bool = False) -> None:
         self.root = root
         self.skip_bad = skip_bad
+        self.allow_outside_images = allow_outside_images
         self.problems: list[Problem] = []
         self.skipped: list[tuple[str, str]] = []
         self._seen: set[tuple[str, str]] = set()
@@ -145,15 +147,40 @@ class _Collector:
                 return
             key = (problem.split, problem.id)
             if key in self._seen:
-                raise _BadRow("id", f"duplicate id {problem.id!r} in split {problem.split!r}")
+                raise _BadRow("id", f"duplicate id {_short(problem.id)} in split {_short(problem.split)}")
+            if not self.allow_outside_images:
+                self._check_inside(problem)
         except _BadRow as bad:
             where = f"{file}: {row}" if row else str(file)
+            reason = _cap(bad.describe())
             if not self.skip_bad:
-                raise DataError(f"{where}: {bad.describe()}") from None
-            self.skipped.append((_relative(file, self.root) + (f" {row}" if row else ""), bad.describe()))
+                raise DataError(f"{where}: {reason}") from None
+            self.skipped.append((_relative(file, self.root) + (f" {row}" if row else ""), reason))
             return
         self._seen.add(key)
         self.problems.append(problem)
+
+    def _check_inside(self, problem: Problem) -> None:
+        """Image paths must stay inside the data set's folder (no ``../``, no absolute paths).
+
+        A path that climbs out would read (and, with an HTTP teacher, send) a file the
+        data set does not own. The check is lexical, so a symlinked image folder is fine.
+        """
+        base = Path(os.path.normpath(self.root if self.root.is_dir() else self.root.parent))
+        for image in problem.images:
+            if isinstance(image, Path) and not Path(os.path.normpath(image)).is_relative_to(base):
+                raise _BadRow(
+                    "images",
+                    f"image path {_short(str(image))} is outside the data set folder {base} "
+                    "(pass allow_outside_images=True / --allow-outside-images to allow it)",
+                )
+
+
+_MAX_REASON = 300  # characters of a bad-row reason: a 50 MB field must not make a 50 MB message
+
+
+def _cap(text: str, limit: int = _MAX_REASON) -> str:
+    return text if len(text) <= limit else text[: limit - 30] + f"... [{len(text)} characters]"
 
 
 def _relative(file: Path, root: Path) -> str:
@@ -206,13 +233,27 @@ def _natural_key(path: Path) -> tuple[int, int, str]:
     return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
 
 
+def _decode_fully(source: Any) -> None:
+    """Open, verify (checksums) and decode every pixel of ``source``, or raise.
+
+    ``verify()`` alone passes a PNG whose checksums are valid but whose pixel data is
+    broken; such a file then fails minutes later inside evaluation. Decoding here
+    makes it a bad row at load time, named by file and row.
+    """
+    with Image.open(source) as im:
+        im.verify()
+    if hasattr(source, "seek"):
+        source.seek(0)
+    with Image.open(source) as im:
+        im.load()
+
+
 def check_image_file(path: Path, field_name: str = "image") -> Path:
-    """``path`` if it is a readable image (opened and verified, not decoded), else a bad row."""
+    """``path`` if it is a readable image (opened, verified and fully decoded), else a bad row."""
     if not path.is_file():
-        raise _BadRow(field_name, f"image file not found: {path}")
+        raise _BadRow(field_name, f"image file not found: {_short(str(path), 200)}")
     try:
-        with Image.open(path) as im:
-            im.verify()
+        _decode_fully(path)
     # PIL reports broken files through many exception types (OSError, SyntaxError,
     # struct.error, ...); any failure here means the file is not a usable image.
     except Exception as exc:
@@ -221,10 +262,9 @@ def check_image_file(path: Path, field_name: str = "image") -> Path:
 
 
 def _image_from_bytes(data: bytes, field_name: str) -> Image.Image:
-    """A lazily decoded PIL image from encoded bytes, verified first."""
+    """A PIL image from encoded bytes, verified and decoded first."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.verify()
+        _decode_fully(io.BytesIO(data))
     except Exception as exc:  # see check_image_file
         raise _BadRow(field_name, f"unreadable image bytes: {exc}") from None
     return Image.open(io.BytesIO(data))
@@ -248,12 +288,24 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _scalar_str(value: Any, name: str) -> str:
+    """A string or number field as a string; any other type (object, list, bool) is a bad row."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise _BadRow(name, f"expected a string or number, got {type(value).__name__} {_short(value)}")
+
+
 def _answer_str(rec: dict, name: str = "answer") -> str:
     """The record's answer as a non-empty string, else a bad row."""
     value = rec.get(name)
-    if value is None or isinstance(value, bool) or not str(value).strip():
+    if value is None:
         raise _BadRow(name, "missing or empty answer")
-    return str(value).strip()
+    text = _scalar_str(value, name).strip()
+    if not text:
+        raise _BadRow(name, "missing or empty answer")
+    return text
 
 
 def _text(rec: dict, name: str) -> str:
@@ -269,7 +321,7 @@ def _choices(rec: dict, name: str = "choices") -> tuple[str, ...]:
         raise _BadRow(name, f"expected a list of at least 2 choices, got {_short(value)}")
     if len(value) > 26:
         raise _BadRow(name, f"{len(value)} choices; letters only go to Z")
-    return tuple(str(c) for c in value)
+    return tuple(_scalar_str(c, f"{name}[{i}]") for i, c in enumerate(value))
 
 
 def _check_letter(answer: str, choices: tuple[str, ...], name: str = "answer") -> str:
@@ -277,7 +329,7 @@ def _check_letter(answer: str, choices: tuple[str, ...], name: str = "answer") -
     letter = answer.strip().upper()
     last = chr(ord("A") + len(choices) - 1)
     if len(letter) != 1 or not "A" <= letter <= "Z":
-        raise _BadRow(name, f"expected a choice letter A-{last}, got {answer!r}")
+        raise _BadRow(name, f"expected a choice letter A-{last}, got {_short(answer)}")
     if ord(letter) - ord("A") >= len(choices):
         raise _BadRow(name, f"choice letter {letter!r} out of range A-{last}")
     return letter
@@ -295,13 +347,23 @@ def _optional_int(value: Any, name: str) -> int | None:
     return int(as_float)
 
 
-def _optional_str(value: Any) -> str | None:
-    return None if value is None or not str(value).strip() else str(value)
+def _optional_str(value: Any, name: str = "field") -> str | None:
+    if value is None:
+        return None
+    text = _scalar_str(value, name)
+    return text if text.strip() else None
 
 
-def _parse_json_line(line: str) -> dict:
+def _parse_json_line(line: bytes | str) -> dict:
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _BadRow(None, f"not valid UTF-8 (byte {exc.start} of the line)") from None
     try:
         rec = json.loads(line)
+    except RecursionError:
+        raise _BadRow(None, "invalid JSON: nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise _BadRow(None, f"invalid JSON: {exc}") from None
     if not isinstance(rec, dict):
@@ -323,13 +385,18 @@ def _read_parquet(path: Path) -> list[dict]:
         raise DataError(f"{path}: cannot read parquet: {exc}") from None
 
 
-def _jsonl_lines(path: Path) -> Iterable[tuple[str, str]]:
-    """``("line N", text)`` for every non-blank line (N counts from 1)."""
+def _jsonl_lines(path: Path) -> Iterable[tuple[str, bytes]]:
+    """``("line N", raw bytes)`` for every non-blank line (N counts from 1).
+
+    Lines are split on bytes and decoded one by one (in :func:`_parse_json_line`), so
+    one non-UTF-8 line is one bad row (skippable) rather than an unreadable file, and a
+    U+2028 inside a JSON string does not split a record.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc}") from None
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(data.splitlines(), start=1):
         if line.strip():
             yield f"line {number}", line
 
@@ -407,10 +474,16 @@ def detect_format(path: str | os.PathLike) -> str:
         return found
     if _intergps_split_dirs(path):
         return "geometry3k-intergps"
+    empty = []
     for file in _table_files(path, (".jsonl", ".json", ".parquet")):
+        if file.stat().st_size == 0:
+            empty.append(file)
+            continue
         found = _format_from_keys(_first_record_keys(file))
         if found is not None:
             return found
+    if empty:
+        raise DataError(f"{empty[0]}: empty file (no records), so the format of {path} cannot be detected")
     raise DataError(f"{path}: cannot detect the format (pass format=one of {', '.join(FORMATS)})")
 
 
@@ -437,7 +510,7 @@ def _intergps_problem(data_file: Path, split: str) -> Problem:
         answer=answer,
         answer_type="choice",
         choices=choices,
-        unit=_optional_str(data.get("unit")),
+        unit=_optional_str(data.get("unit"), "unit"),
         split=split,
         source="geometry3k",
         meta={k: v for k, v in data.items() if k not in used},
@@ -656,7 +729,7 @@ def _warmstart_problem(rec: dict, base_dir: Path) -> Problem:
     answer_type = rec["answer_type"]
     if answer_type not in ANSWER_TYPES:
         raise _BadRow("answer_type", f"unknown answer type {_short(answer_type)} (valid: {ANSWER_TYPES})")
-    choices = tuple(str(c) for c in rec["choices"]) if rec.get("choices") is not None else None
+    choices = _choices(rec) if rec.get("choices") is not None else None
     if answer_type == "choice":
         choices = _choices(rec)
         if answer != _check_letter(answer, choices):
@@ -667,9 +740,12 @@ def _warmstart_problem(rec: dict, base_dir: Path) -> Problem:
     meta = rec.get("meta") or {}
     if not isinstance(meta, dict):
         raise _BadRow("meta", f"expected an object, got {_short(meta)}")
+    for name in ("unit", "rationale", "split", "source"):
+        if rec.get(name) is not None and not isinstance(rec[name], str):
+            raise _BadRow(name, f"expected a string, got {type(rec[name]).__name__} {_short(rec[name])}")
     return Problem(
-        id=str(rec["id"]),
-        question=str(rec["question"]),
+        id=_scalar_str(rec["id"], "id"),
+        question=_text(rec, "question"),
         images=tuple(check_image_file(base_dir / p, "images") for p in images),
         answer=answer,
         answer_type=answer_type,
@@ -692,6 +768,8 @@ def _load_warmstart(path: Path, split: str | None, out: _Collector) -> None:
             raise DataError(f"{path}: no <split>.jsonl or problems.jsonl (warmstart-jsonl)")
         if split is not None:
             exact = path / f"{split}.jsonl"
+            if exact.is_file() and not exact.read_bytes().strip():
+                raise DataError(f"{exact}: empty file (no problems)")
             files = [exact] if exact.is_file() else [f for f in files if f.name == "problems.jsonl"]
             if not files:
                 names = ", ".join(f.stem for f in sorted(path.glob("*.jsonl")))
@@ -720,6 +798,7 @@ def load_problems(
     format: str = "auto",
     skip_bad: bool = False,
     split: str | None = None,
+    allow_outside_images: bool = False,
 ) -> LoadResult:
     """Load problems from ``path`` (a file or folder in one of :data:`FORMATS`).
 
@@ -729,6 +808,8 @@ def load_problems(
         skip_bad: skip bad rows (recorded in ``LoadResult.skipped``, one warning logged)
             instead of raising :class:`DataError` at the first one.
         split: keep only this split (``val`` and ``validation`` are the same split).
+        allow_outside_images: accept image paths that leave the data set's folder
+            (``../``, absolute paths); by default such a row is bad.
 
     Raises:
         DataError: the path is missing or unreadable, the format unknown, the split
@@ -741,7 +822,7 @@ def load_problems(
         format = detect_format(path)
     if format not in _LOADERS:
         raise DataError(f"unknown format {format!r} (valid: auto, {', '.join(FORMATS)})")
-    out = _Collector(path, skip_bad)
+    out = _Collector(path, skip_bad, allow_outside_images)
     _LOADERS[format](path, split, out)
     if split is not None and not out.problems and not out.skipped:
         raise DataError(f"{path}: no problems with split {split!r}")
@@ -779,9 +860,7 @@ def write_problems(problems: Iterable[Problem], out_dir: str | os.PathLike, spli
             stem = f"{index:06d}_{_safe_name(problem.id)}_{k}"
             if isinstance(image, Image.Image):
                 target = image_dir / f"{stem}.png"
-                tmp = target.with_suffix(".png.tmp")
-                image.save(tmp, format="PNG")
-                os.replace(tmp, target)
+                write_via(target, lambda tmp, image=image: image.save(tmp, format="PNG"))
             else:
                 source = Path(image).resolve()
                 if source.is_relative_to(root):
@@ -809,7 +888,5 @@ def write_problems(problems: Iterable[Problem], out_dir: str | os.PathLike, spli
         except TypeError as exc:
             raise DataError(f"problem {problem.id!r}: field 'meta' is not JSON-serialisable: {exc}") from None
     target_file = out_dir / f"{split}.jsonl"
-    tmp_file = target_file.with_suffix(".jsonl.tmp")
-    tmp_file.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp_file, target_file)
+    atomic_write_text(target_file, "".join(line + "\n" for line in lines))
     return target_file

@@ -79,6 +79,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from warmstart.atomic import atomic_write_text
 from warmstart.config import ConfigError
 from warmstart.data.schema import Problem
 
@@ -757,12 +758,6 @@ def _text_only_chance(families: tuple[str, ...]) -> float:
     return sum(1 / len(FACTS[FAMILIES[f].fact]) for f in families) / len(families)
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def generate(
     cfg: SynthConfig, out_dir: str | os.PathLike, progress: Callable[[str], None] | None = None
 ) -> dict:
@@ -800,7 +795,7 @@ def generate(
             split: round(_text_only_chance(cfg.split_families(split)), 4) for split in SPLITS
         },
     }
-    _write_json_atomic(out / "manifest.json", manifest)
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
