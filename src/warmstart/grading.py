@@ -68,37 +68,52 @@ Choices: the prediction is matched, in order, to a choice text written the same 
 
 Text: equal as numbers when both are plain numbers, else equal after NFKC, case
 folding and replacing punctuation runs by one space.
+
+Code layout: extraction, ``format_ok`` and cleaning live in :mod:`warmstart.answer_text`
+(:func:`extract_answer` re-exported here), the sympy worker process in
+:mod:`warmstart.sympy_worker`; this module holds numbers, the verdict and normalisation.
 """
 
 from __future__ import annotations
 
-import atexit
-import json
 import logging
 import math
-import os
 import re
-import select
-import subprocess
-import sys
-import threading
-import time
-import unicodedata
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from fractions import Fraction
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # only for annotations: keeps the worker process's import light
+from warmstart.answer_text import (
+    _DECIMAL_LITERAL,
+    _as_letter,
+    _clean,
+    _compact_key,
+    _format_ok,
+    _text_key,
+    extract_answer,
+)
+from warmstart.sympy_worker import _WORKER, WORKER_START_TIMEOUT_S, _Unavailable
+
+if TYPE_CHECKING:  # only for annotations: importing grading needs no PIL
     from warmstart.data.schema import Problem
+
+__all__ = [
+    "MAX_ANSWER_CHARS",
+    "MAX_SYMBOLIC_CHARS",
+    "SYMBOLIC_TIMEOUT_S",
+    "WORKER_START_TIMEOUT_S",
+    "Grade",
+    "extract_answer",
+    "grade",
+    "normalize_answer",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Hard limit, in seconds, on one sympy call (parse + evaluate/verify) in the worker.
 SYMBOLIC_TIMEOUT_S: float = 3.0
-#: How long the worker may take to start (importing sympy on a loaded 2-core machine).
-WORKER_START_TIMEOUT_S: float = 60.0
 #: Answers longer than this are never sent to sympy (no real answer is that long).
 MAX_SYMBOLIC_CHARS: int = 300
 #: Extracted answers longer than this are graded wrong without further work.
@@ -120,223 +135,6 @@ class Grade:
     correct: bool
     extracted: str | None
     format_ok: bool
-
-
-# --------------------------------------------------------------------------- extraction
-
-_DECIMAL_LITERAL = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
-_BOX_CMD = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-# Escapes first so that "\{", "\}" and "\\" never count as grouping braces.
-_BRACE_TOKENS = re.compile(r"\\.|[{}]", re.S)
-_BOX_TOKEN = re.compile(r"[ \t]*([^\s$]+)")
-_ANSWER_IS = re.compile(
-    r"(?:\banswer\b|答案)\s*(?:\*\*\s*)?(?:\bis\b|:|：|=|是|为|為)\s*(?:\*\*)?[:：]?(?P<ans>[^\n]+)",
-    re.I,
-)
-# End of the first sentence inside an "answer is ..." capture ("12. Because ...").
-_SENTENCE_END = re.compile(r"[.。!！;；](?:\s|$)|,\s|，")
-_LONE_LETTER = re.compile(r"(?:(?:the\s+)?(?:option|choice)\s*)?[(\[]?([A-Za-z])[)\]]?[.。]?", re.I)
-
-
-def _brace_partners(text: str, start: int) -> dict[int, int]:
-    """Index of each ``{`` at or after ``start`` -> index of its matching ``}``.
-
-    One linear pass (the regex skips plain text), so many boxes in a long response
-    cost no more than one.
-    """
-    partners: dict[int, int] = {}
-    stack: list[int] = []
-    for m in _BRACE_TOKENS.finditer(text, start):
-        tok = m.group()
-        if tok == "{":
-            stack.append(m.start())
-        elif tok == "}" and stack:
-            partners[stack.pop()] = m.start()
-    return partners
-
-
-def _last_box(text: str) -> str | None:
-    """Content of the last complete, non-empty ``\\boxed``/``\\fbox`` in ``text``."""
-    matches = list(_BOX_CMD.finditer(text))
-    if not matches:
-        return None
-    partners = _brace_partners(text, matches[0].start())
-    for m in reversed(matches):
-        j = m.end()
-        while j < len(text) and text[j] in " \t":
-            j += 1
-        if j < len(text) and text[j] == "{":
-            close = partners.get(j)
-            if close is None:  # unclosed: the response was cut off inside the box
-                continue
-            content = text[j + 1 : close].strip()
-        else:  # "\boxed 42": TeX would box one token; models mean the whole number
-            tok = _BOX_TOKEN.match(text, m.end())
-            content = tok.group(1).rstrip(".,;") if tok else ""
-        if content:
-            return content
-    return None
-
-
-def _trim_inline(ans: str) -> str:
-    """Cut an inline answer at its sentence end and drop markdown / math delimiters."""
-    cut = _SENTENCE_END.search(ans)
-    if cut:
-        ans = ans[: cut.start()]
-    return ans.strip().strip("*`").strip().strip("$").strip().rstrip(".。")
-
-
-def _final_equals(text: str) -> str | None:
-    """Right-hand side of a final ``= X`` on the last non-empty line, if short."""
-    tail = text.rstrip()
-    while tail.endswith(("$", "\\]", "\\)")):
-        tail = tail.rstrip("$").removesuffix("\\]").removesuffix("\\)").rstrip()
-    line = tail.rsplit("\n", 1)[-1]
-    if "=" not in line:
-        return None
-    rhs = _trim_inline(line.rsplit("=", 1)[1])
-    return rhs if rhs and len(rhs) <= 60 else None
-
-
-def extract_answer(text: str) -> str | None:
-    """The final answer in a response, as written, or ``None`` when there is none.
-
-    Order: last complete box; last "answer is X"; a lone choice letter (or number);
-    final "= X" (details in the module docstring). When the response has a
-    ``</think>``, the part after it is searched first, so a draft box inside the
-    thinking never overrides the answer given after it. Never raises.
-    """
-    try:
-        if not isinstance(text, str) or not text:
-            return None
-        end = text.rfind("</think>")
-        if end >= 0:
-            found = _extract_from(text[end + len("</think>") :])
-            if found is not None:
-                return found
-        return _extract_from(text)
-    except Exception:  # a parser bug must cost one answer, not a training run
-        logger.debug("extract_answer failed", exc_info=True)
-        return None
-
-
-def _extract_from(text: str) -> str | None:
-    """The extraction chain of :func:`extract_answer` on one stretch of text."""
-    boxed = _last_box(text)
-    if boxed is not None:
-        return boxed
-    said = None
-    for m in _ANSWER_IS.finditer(text):
-        said = m.group("ans")
-    if said is not None:
-        said = _last_box(said) or _trim_inline(said)
-        if said:
-            return said
-    rest = text.strip().strip("*`$").strip()
-    if len(rest) <= 40:
-        rest = unicodedata.normalize("NFKC", rest)  # full-width "（Ｂ）" from CJK keyboards
-        m = _LONE_LETTER.fullmatch(rest)
-        if m:
-            return m.group(1).upper()
-        if _DECIMAL_LITERAL.fullmatch(rest.rstrip(".")):  # a response that is only a number
-            return rest.rstrip(".")
-    return _final_equals(text)
-
-
-def _format_ok(text: str) -> bool:
-    """``<think>`` first, one think block with content, then a complete box (see module doc)."""
-    if not text.lstrip().startswith("<think>"):
-        return False
-    if text.count("<think>") != 1 or text.count("</think>") != 1:
-        return False
-    head, _, tail = text.partition("</think>")
-    if not head.lstrip()[len("<think>") :].strip():
-        return False
-    return _last_box(tail) is not None
-
-
-# ----------------------------------------------------------------------------- cleaning
-
-_WRAPPERS = re.compile(
-    r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|operatorname|mbox)\s*\{([^{}]*)\}"
-)
-# Thin spaces vanish ("1\\,000" is one number); other spacing and delimiters become a space.
-_THIN_SPACE = re.compile(r"\\[,!]")
-_NOISE = re.compile(r"\\left|\\right|\\displaystyle|\\;|\\:|\\quad|\\qquad|\\\(|\\\)|\\\[|\\\]|\$")
-_DEGREES = re.compile(
-    r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree|°|度\s*$|(?<![A-Za-z])(?:degrees?|deg)\.?\s*$"
-)
-_UNITS = (
-    r"(?:square\s+|sq\.?\s*)?"
-    r"(?:units?|mm|cm|km|m|in|inch|inches|ft|feet|foot|yd|yards?|mi|miles?|meters?|metres?|"
-    r"centimeters?|centimetres?|millimeters?|kilometers?|radians?|rad|seconds?|sec|s|minutes?|min|"
-    r"hours?|h|kg|g|grams?|liters?|litres?|l|ml|dollars?|cents?|years?|days?|points?|"
-    r"平方厘米|平方米|厘米|毫米|千米|米|个|元)"
-    r"(?:\s*\^\s*\{?\s*[23]\s*\}?)?\.?"
-)
-_UNIT_TAIL = re.compile(r"(?<![A-Za-z\\])\s*" + _UNITS + r"\s*$", re.I)
-_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:(?:,\d{3})+|(?: \d{3})+)(?:\.\d+)?")
-_LAST_RHS = re.compile(r"=|\\approx|≈")
-
-
-def _clean(ans: str, unit: str | None = None) -> str:
-    """The answer without presentation: delimiters, wrappers, degrees, units, separators.
-
-    Applied identically to predictions and gold answers so both sides are compared in
-    the same form.
-    """
-    s = ans.replace("²", "^2").replace("³", "^3").replace("−", "-")
-    s = unicodedata.normalize("NFKC", s).strip()
-    if _BOX_CMD.search(s):  # "\boxed{\boxed{5}}" or a boxed gold
-        s = _last_box(s) or s
-    s = _NOISE.sub(" ", _THIN_SPACE.sub("", s)).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = s.replace("{,}", ",").replace("\\%", "").replace("%", "")
-    for _ in range(3):  # \text{\textbf{B}} nests rarely deeper than this
-        s = _WRAPPERS.sub(r" \1 ", s)
-    s = s.strip().strip("*`").strip()
-    parts = _LAST_RHS.split(s)
-    if len(parts) > 1 and parts[-1].strip():
-        s = parts[-1]
-    s = _DEGREES.sub("", s).strip()
-    if unit:
-        own = re.compile(r"(?<![A-Za-z\\])\s*(?:" + re.escape(unit.strip()) + r")\s*$", re.I)
-        s = _strip_unit(s, own)
-    s = _strip_unit(s, _UNIT_TAIL)
-    s = " ".join(s.split()).rstrip(".。,;")  # not "!": "5!" is a factorial
-    if _THOUSANDS.fullmatch(s):
-        s = s.replace(",", "").replace(" ", "")
-    return s.strip()
-
-
-def _strip_unit(s: str, pattern: re.Pattern[str]) -> str:
-    """Remove a trailing unit only when what remains ends like a quantity (``12``, ``}``, ``\\pi``)."""
-    stripped = pattern.sub("", s).rstrip()
-    if stripped != s and re.search(r"(?:[\d})\]]|\\pi)$", stripped):
-        return stripped
-    return s
-
-
-def _compact_key(s: str) -> str:
-    """Case-folded, whitespace-free: for matching a prediction to a choice written the same way."""
-    return "".join(s.casefold().split())
-
-
-def _text_key(s: str) -> str:
-    """Loose text identity: NFKC, case-folded, punctuation runs -> one space."""
-    s = unicodedata.normalize("NFKC", s).casefold()
-    return " ".join(re.sub(r"[\W_]+", " ", s).split())
-
-
-_LETTER = re.compile(
-    r"(?:(?:option|choice|answer)\s*[:：]?\s*)?[(\[]?([A-Za-z])[)\]]?(?:[.:：)]\s*.*)?",
-    re.I | re.S,
-)
-
-
-def _as_letter(s: str) -> str | None:
-    """``"B"``, ``"(b)"``, ``"B."``, ``"B: 12"``, ``"Option B"`` -> ``"B"``; else ``None``."""
-    m = _LETTER.fullmatch(s.strip())
-    return m.group(1).upper() if m else None
 
 
 # ------------------------------------------------------------------------------ numbers
@@ -407,10 +205,6 @@ def _looks_numeric(s: str) -> bool:
     if any(c.isalpha() and c != "π" for c in rest):
         return False
     return any(c.isdigit() for c in rest) or "\\pi" in s or "π" in s
-
-
-class _Unavailable(Exception):
-    """The worker could not answer (timeout, crash, not startable): not to be cached."""
 
 
 @lru_cache(maxsize=65536)
@@ -660,187 +454,3 @@ def normalize_answer(ans: str | None, problem: Problem | None = None) -> str:
     except Exception:
         logger.debug("normalize_answer failed", exc_info=True)
         return "none"
-
-
-# ------------------------------------------------------------------------ sympy worker
-
-
-class _SymbolicWorker:
-    """One long-lived child process that runs math-verify/sympy under a hard time limit.
-
-    Requests are serialised by a lock (sympy holds the GIL anyway), so any number of
-    threads may grade at once. A call that overruns its limit kills the child; the next
-    call starts a fresh one. After a fork the child process gets its own worker
-    (``os.register_at_fork``), never sharing the parent's pipes.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._buf = b""
-        self._next_id = 0
-        self._retry_start_after = 0.0
-
-    def _reset_after_fork(self) -> None:
-        self._lock = threading.Lock()
-        self._proc = None  # the parent's child: not ours to talk to or kill
-        self._buf = b""
-
-    def call(self, request: dict, timeout_s: float) -> object:
-        """The worker's answer to ``request``; raises :class:`_Unavailable` on timeout or failure."""
-        if not self._lock.acquire(timeout=WORKER_START_TIMEOUT_S + timeout_s):
-            raise _Unavailable("sympy worker busy")
-        try:
-            proc = self._ensure_started()
-            if proc is None:
-                raise _Unavailable("sympy worker not running")
-            self._next_id += 1
-            msg = dict(request, id=self._next_id)
-            assert proc.stdin is not None
-            proc.stdin.write((json.dumps(msg) + "\n").encode())
-            proc.stdin.flush()
-            line = self._read_line(time.monotonic() + timeout_s)
-            if line is None:
-                logger.debug("sympy worker overran %.1fs on %s; restarting it", timeout_s, request.get("op"))
-                self._kill()
-                raise _Unavailable("sympy worker timed out")
-            reply = json.loads(line)
-            if reply.get("id") != self._next_id:
-                self._kill()
-                raise _Unavailable("sympy worker out of step")
-            return reply.get("result")
-        except _Unavailable:
-            raise
-        except Exception as e:
-            logger.debug("sympy worker call failed", exc_info=True)
-            self._kill()
-            raise _Unavailable(str(e)) from e
-        finally:
-            self._lock.release()
-
-    def _ensure_started(self) -> subprocess.Popen[bytes] | None:
-        if self._proc is not None and self._proc.poll() is None:
-            return self._proc
-        self._kill()
-        if time.monotonic() < self._retry_start_after:
-            return None
-        src_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (src_root, env.get("PYTHONPATH", "")) if p)
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", "from warmstart.grading import _worker_main; _worker_main()"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                env=env,
-                bufsize=0,
-            )
-            ready = self._read_line(time.monotonic() + WORKER_START_TIMEOUT_S)
-            if ready is None or not json.loads(ready).get("ready"):
-                raise RuntimeError("worker did not report ready")
-        except Exception as e:
-            logger.warning(
-                "grading: sympy worker failed to start (%s); symbolic answers graded wrong for 30 s", e
-            )
-            self._kill()
-            self._retry_start_after = time.monotonic() + 30.0
-            return None
-        return self._proc
-
-    def _read_line(self, deadline: float) -> bytes | None:
-        """One reply line, or ``None`` at the deadline or when the worker died."""
-        assert self._proc is not None and self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
-        while b"\n" not in self._buf:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if not ready:
-                return None
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                return None
-            self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line
-
-    def _kill(self) -> None:
-        proc, self._proc, self._buf = self._proc, None, b""
-        if proc is None:
-            return
-        try:
-            proc.kill()
-            proc.wait(timeout=5)
-        except Exception:
-            logger.debug("could not reap sympy worker", exc_info=True)
-        for stream in (proc.stdin, proc.stdout):
-            try:
-                if stream is not None:
-                    stream.close()
-            except Exception:
-                pass
-
-    def close(self) -> None:
-        """Stop the worker (at interpreter exit; also usable by tests)."""
-        with self._lock:
-            self._kill()
-
-
-_WORKER = _SymbolicWorker()
-atexit.register(_WORKER.close)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_WORKER._reset_after_fork)
-
-
-def _worker_value(expr: str, parse) -> list | None:
-    """["rat", p, q] or ["float", x] for a real number, ``None`` otherwise."""
-    import sympy
-
-    for item in parse("$" + expr + "$", parsing_timeout=None):
-        if not isinstance(item, sympy.Basic):
-            continue
-        if getattr(item, "free_symbols", True):
-            return None
-        item = item.doit()  # math-verify leaves e.g. sqrt(16) unevaluated; 4 must stay exact
-        if isinstance(item, sympy.Rational):
-            return ["rat", str(item.p), str(item.q)]
-        z = complex(item.evalf(30))
-        if abs(z.imag) > 1e-12 * max(1.0, abs(z.real)) or not math.isfinite(z.real):
-            return None
-        return ["float", z.real]
-    return None
-
-
-def _worker_main() -> None:
-    """Entry point of the worker process: JSON requests on stdin, JSON replies on stdout.
-
-    Stray prints from sympy go to stderr (the protocol owns the real stdout), and
-    math-verify's "timeout disabled" warnings are silenced: the parent owns the limit.
-    """
-    proto = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    logging.disable(logging.CRITICAL)
-    from math_verify import parse, verify
-
-    proto.write('{"ready": true}\n')
-    proto.flush()
-    while True:
-        line = sys.stdin.readline()
-        if not line:  # parent gone
-            return
-        req = json.loads(line)
-        result: object = None
-        try:
-            op = req.get("op")
-            if op == "value":
-                result = _worker_value(req["expr"], parse)
-            elif op == "equiv":
-                gold = parse("$" + req["gold"] + "$", parsing_timeout=None)
-                pred = parse("$" + req["pred"] + "$", parsing_timeout=None)
-                result = bool(gold and pred and verify(gold, pred, timeout_seconds=None))
-        except Exception:
-            result = None
-        proto.write(json.dumps({"id": req.get("id"), "result": result}) + "\n")
-        proto.flush()

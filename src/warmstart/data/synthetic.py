@@ -61,27 +61,39 @@ index)``, so the same config gives byte-identical files, and a larger split is t
 smaller one with more problems appended. Train, validation and test can share a
 (family, category, numbers) triple, since that space is small; their images differ by
 the jitter, which is what the model must generalise over.
+
+Code layout: the facts and families are defined in :mod:`warmstart.data.synth_families`,
+the drawing in :mod:`warmstart.data.synth_render` (both re-exported here); this module
+holds the config, the per-problem generation, the files and the CLI.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from warmstart.atomic import atomic_write_text
 from warmstart.config import ConfigError
 from warmstart.data.schema import Problem
+from warmstart.data.synth_families import (
+    FACTS,
+    FAMILIES,
+    ID_FAMILIES,
+    OOD_ONLY_FAMILIES,
+    Category,
+    Family,
+    _fact_fields,
+    family_value,
+)
+from warmstart.data.synth_render import ID_STYLE, OOD_STYLE, Style, render
 
 __all__ = [
     "FACTS",
@@ -108,460 +120,6 @@ GENERATOR_VERSION = "1"
 SPLITS: tuple[str, ...] = ("train", "validation", "test", "ood")
 _SPLIT_CODES = {"train": 0, "validation": 1, "test": 2, "ood": 3}
 LETTERS = "ABCD"
-# Shapes are drawn at 4x the output size and box-filtered down: anti-aliased edges
-# without depending on any drawing library's own anti-aliasing.
-_SUPERSAMPLE = 4
-
-RGB = tuple[int, int, int]
-
-
-# ----------------------------------------------------------------------------- visual facts
-
-
-@dataclass(frozen=True)
-class Category:
-    """One value of a visual fact.
-
-    Attributes:
-        name: how the category is named in ``meta["visual"]`` and in rationales.
-        value: the number the arithmetic uses (sides, 1 or 2 for the area divisor,
-            shaded quarters, filled cells).
-    """
-
-    name: str
-    value: int
-
-
-FACTS: dict[str, tuple[Category, ...]] = {
-    "polygon": (
-        Category("triangle", 3),
-        Category("square", 4),
-        Category("pentagon", 5),
-        Category("hexagon", 6),
-    ),
-    "figure": (Category("rectangle", 1), Category("right triangle", 2)),
-    "sector": (
-        Category("quarter", 1),
-        Category("half", 2),
-        Category("three quarters", 3),
-        Category("full", 4),
-    ),
-    "grid": (Category("1 cell", 1), Category("2 cells", 2), Category("3 cells", 3), Category("4 cells", 4)),
-}
-
-# How a rationale says "this much of the circle is shaded", per number of quarters.
-_SECTOR_WORDS = {1: "a quarter", 2: "half", 3: "three quarters", 4: "all"}
-
-
-def _fact_fields(fact: str, cat: Category) -> dict[str, Any]:
-    """Template fields that describe the visual fact (used by rationales)."""
-    fields: dict[str, Any] = {"name": cat.name, "Name": cat.name[0].upper() + cat.name[1:]}
-    if fact == "polygon":
-        fields["n"] = cat.value
-    elif fact == "figure":
-        fields["half"] = "/2" if cat.value == 2 else ""
-    elif fact == "sector":
-        words = _SECTOR_WORDS[cat.value]
-        fields.update(q=cat.value, frac=words, Frac=words[0].upper() + words[1:])
-    elif fact == "grid":
-        fields.update(k=cat.value, rest=4 - cat.value)
-    return fields
-
-
-# ----------------------------------------------------------------------------- families
-
-
-@dataclass(frozen=True)
-class Family:
-    """One problem type: an operation on a visual fact and the numbers in the text.
-
-    Attributes:
-        name: the family id (``meta["family"]``).
-        fact: the key of :data:`FACTS` whose category the image shows.
-        sample: draws the numbers given in the text; must not depend on the category.
-        value: the answer for a category and the numbers (an integer).
-        questions: in-domain phrasings (``str.format`` with the numbers).
-        ood_questions: the phrasings used in the ``ood`` split.
-        steps: rationale phrasings (format fields: the numbers, :func:`_fact_fields`, ``ans``).
-        extras: wrong but plausible values used as distractors when the fact has fewer
-            than four categories (values that the text alone can compute, so they do not
-            help a text-only guesser choose between the real candidates).
-    """
-
-    name: str
-    fact: str
-    sample: Callable[[np.random.Generator], dict[str, int]]
-    value: Callable[[Category, dict[str, int]], int]
-    questions: tuple[str, ...]
-    ood_questions: tuple[str, ...]
-    steps: tuple[str, ...]
-    extras: Callable[[dict[str, int]], list[int]] | None = None
-
-
-def _int(rng: np.random.Generator, low: int, high: int) -> int:
-    """A uniform integer in ``[low, high]`` (inclusive), as a plain ``int`` for JSON."""
-    return int(rng.integers(low, high + 1))
-
-
-def _sample_base_height(rng: np.random.Generator) -> dict[str, int]:
-    # b*h even for *both* figures, so the triangle's b*h/2 is an integer and the parity
-    # of the numbers says nothing about which figure is drawn.
-    while True:
-        b, h = _int(rng, 2, 12), _int(rng, 2, 12)
-        if b * h % 2 == 0:
-            return {"b": b, "h": h}
-
-
-_FAMILY_LIST: tuple[Family, ...] = (
-    Family(
-        name="polygon_perimeter",
-        fact="polygon",
-        sample=lambda rng: {"side": _int(rng, 2, 12)},
-        value=lambda c, p: c.value * p["side"],
-        questions=(
-            "The regular polygon has side {side}. What is its perimeter?",
-            "Each side of the regular shape is {side}. Find the perimeter.",
-        ),
-        ood_questions=(
-            "All edges of this regular figure measure {side} cm. How long is its boundary?",
-            "A regular figure with edge length {side} is shown. Compute the total edge length.",
-        ),
-        steps=(
-            "The shape is a {name}, {n} sides. {n}*{side}={ans}.",
-            "It is a regular {name} with {n} sides, so the perimeter is {n}*{side}={ans}.",
-            "{Name}: {n} sides of length {side}. {n}*{side}={ans}.",
-        ),
-    ),
-    Family(
-        name="polygon_angle_sum",
-        fact="polygon",
-        sample=lambda rng: {},
-        value=lambda c, p: (c.value - 2) * 180,
-        questions=(
-            "What is the sum of the interior angles of the regular polygon?",
-            "Find the sum of the interior angles of the shape.",
-        ),
-        ood_questions=(
-            "How many degrees do the inside angles of this figure add up to?",
-            "Add up every interior angle of the figure shown. What total do you get, in degrees?",
-        ),
-        steps=(
-            "The shape is a {name}, {n} sides. ({n}-2)*180={ans}.",
-            "It is a {name} with {n} sides, so the angles sum to ({n}-2)*180={ans}.",
-            "{Name}: {n} sides. Angle sum ({n}-2)*180={ans}.",
-        ),
-    ),
-    Family(
-        name="figure_area",
-        fact="figure",
-        sample=_sample_base_height,
-        value=lambda c, p: p["b"] * p["h"] // c.value,
-        questions=(
-            "The figure is a rectangle or a right triangle with base {b} and height {h}. What is its area?",
-            "Base {b}, height {h}. Find the area of the figure.",
-        ),
-        ood_questions=(
-            "The shape shown has base {b} cm and height {h} cm. How many square cm does it cover?",
-            "Compute the area enclosed by the figure if its base is {b} and its height is {h}.",
-        ),
-        steps=(
-            "The figure is a {name}. Area {b}*{h}{half}={ans}.",
-            "It is a {name}, so the area is {b}*{h}{half}={ans}.",
-            "{Name} with base {b}, height {h}: {b}*{h}{half}={ans}.",
-        ),
-        extras=lambda p: [
-            2 * (p["b"] + p["h"]),
-            p["b"] + p["h"],
-            2 * p["b"] * p["h"],
-            p["b"] * p["h"] + p["b"],
-        ],
-    ),
-    Family(
-        name="sector_area",
-        fact="sector",
-        # A multiple of 4 so every shaded fraction gives an integer, whatever is drawn.
-        sample=lambda rng: {"A": 4 * _int(rng, 2, 25)},
-        value=lambda c, p: p["A"] * c.value // 4,
-        questions=(
-            "The whole circle has area {A}. What is the shaded area?",
-            "A circle of area {A} is partly shaded. Find the shaded area.",
-        ),
-        ood_questions=(
-            "The complete disk covers {A} square units. How much of it is coloured?",
-            "If the full circle has area {A}, what area does the highlighted region cover?",
-        ),
-        steps=(
-            "{Frac} of the circle is shaded. {A}*{q}/4={ans}.",
-            "The shaded part is {frac} of the circle, so {A}*{q}/4={ans}.",
-        ),
-    ),
-    Family(
-        name="grid_cell_area",
-        fact="grid",
-        sample=lambda rng: {"a": _int(rng, 2, 12)},
-        value=lambda c, p: c.value * p["a"],
-        questions=(
-            "Each cell of the 2x2 grid has area {a}. What is the shaded area?",
-            "A 2x2 grid has cells of area {a}. Find the shaded area.",
-        ),
-        ood_questions=(
-            "Each of the four tiles covers {a} square units. What area do the coloured tiles cover?",
-            "The tiles each have area {a}. Compute the total area of the highlighted tiles.",
-        ),
-        steps=(
-            "Shaded cells: {k} of 4. {k}*{a}={ans}.",
-            "{k} of the 4 cells are shaded, each of area {a}. {k}*{a}={ans}.",
-            "The grid has {k} of 4 cells shaded, so {k}*{a}={ans}.",
-        ),
-    ),
-    Family(
-        name="grid_total_area",
-        fact="grid",
-        sample=lambda rng: {"T": 4 * _int(rng, 2, 25)},
-        value=lambda c, p: p["T"] * c.value // 4,
-        questions=(
-            "The whole 2x2 grid has area {T}. What is the shaded area?",
-            "A 2x2 grid of total area {T} is shown. Find the shaded area.",
-        ),
-        ood_questions=(
-            "A board of four equal tiles has area {T}. How much of it is coloured?",
-            "The square board shown covers {T} square units. What is the highlighted area?",
-        ),
-        steps=(
-            "Shaded cells: {k} of 4. {T}*{k}/4={ans}.",
-            "{k} of the 4 cells are shaded, so the area is {T}*{k}/4={ans}.",
-        ),
-    ),
-    # --- held out of the in-domain splits (default ``ood_families`` only)
-    Family(
-        name="polygon_exterior_angle",
-        fact="polygon",
-        sample=lambda rng: {},
-        value=lambda c, p: 360 // c.value,
-        questions=(
-            "What is one exterior angle of the regular polygon?",
-            "Find the exterior angle of the regular shape.",
-        ),
-        ood_questions=(
-            "How many degrees is each exterior angle of this regular figure?",
-            "What is the measure, in degrees, of one outside angle of the regular figure shown?",
-        ),
-        steps=(
-            "The shape is a {name}, {n} sides. 360/{n}={ans}.",
-            "It is a regular {name} with {n} sides, so each exterior angle is 360/{n}={ans}.",
-        ),
-    ),
-    Family(
-        name="polygon_side_from_perimeter",
-        fact="polygon",
-        # A multiple of 60 (= lcm of 3, 4, 5, 6): divisibility must not reveal the shape.
-        sample=lambda rng: {"P": 60 * _int(rng, 1, 4)},
-        value=lambda c, p: p["P"] // c.value,
-        questions=(
-            "The regular polygon has perimeter {P}. What is the length of one side?",
-            "A regular shape has perimeter {P}. Find one side.",
-        ),
-        ood_questions=(
-            "The boundary of this regular figure is {P} cm long. How long is each edge?",
-            "All edges of the figure are equal and add up to {P}. What is one edge?",
-        ),
-        steps=(
-            "The shape is a {name}, {n} sides. {P}/{n}={ans}.",
-            "It is a regular {name} with {n} equal sides, so one side is {P}/{n}={ans}.",
-        ),
-    ),
-    Family(
-        name="grid_unshaded_area",
-        fact="grid",
-        sample=lambda rng: {"a": _int(rng, 2, 12)},
-        value=lambda c, p: (4 - c.value) * p["a"],
-        questions=(
-            "Each cell of the 2x2 grid has area {a}. What is the unshaded area?",
-            "A 2x2 grid has cells of area {a}. Find the area that is not shaded.",
-        ),
-        ood_questions=(
-            "Each of the four tiles covers {a} square units. What area do the uncoloured tiles cover?",
-            "The tiles each have area {a}. How much area is not highlighted?",
-        ),
-        steps=(
-            "Shaded cells: {k} of 4, so {rest} unshaded. {rest}*{a}={ans}.",
-            "{k} of the 4 cells are shaded, leaving {rest}. {rest}*{a}={ans}.",
-        ),
-    ),
-)
-
-FAMILIES: dict[str, Family] = {f.name: f for f in _FAMILY_LIST}
-ID_FAMILIES: tuple[str, ...] = (
-    "polygon_perimeter",
-    "polygon_angle_sum",
-    "figure_area",
-    "sector_area",
-    "grid_cell_area",
-    "grid_total_area",
-)
-OOD_ONLY_FAMILIES: tuple[str, ...] = (
-    "polygon_exterior_angle",
-    "polygon_side_from_perimeter",
-    "grid_unshaded_area",
-)
-
-
-def family_value(family: str, visual: str, params: dict[str, int]) -> int:
-    """The answer of ``family`` when the image shows category ``visual`` (by name)."""
-    fam = FAMILIES[family]
-    for cat in FACTS[fam.fact]:
-        if cat.name == visual:
-            return fam.value(cat, params)
-    raise ValueError(f"family {family!r}: unknown visual category {visual!r}")
-
-
-# ----------------------------------------------------------------------------- drawing
-
-
-@dataclass(frozen=True)
-class Style:
-    """How a split's diagrams look.
-
-    Attributes:
-        name: ``meta["style"]``.
-        background: the plain background colour.
-        palette: fill colours of the visual fact, one drawn per image.
-        empty: colour of the unshaded parts (rest of the circle, empty grid cells).
-        outline: colour of an outline around filled parts, or ``None`` for none.
-        outline_px: outline width in output pixels.
-        radius: range of the shape's radius as a fraction of half the image side.
-        max_rotation: rotation is drawn from ``[-max_rotation, max_rotation]`` degrees
-            around the upright pose (180 means any rotation).
-        max_shift: centre jitter as a fraction of the image side, each axis.
-    """
-
-    name: str
-    background: RGB
-    palette: tuple[RGB, ...]
-    empty: RGB
-    outline: RGB | None
-    outline_px: float
-    radius: tuple[float, float]
-    max_rotation: float
-    max_shift: float
-
-
-# In-domain: dark saturated fills on white, near upright, large. Every fill is far from
-# the background and from the pale "empty" grey, so the fact is a high-contrast blob.
-ID_STYLE = Style(
-    name="indomain",
-    background=(255, 255, 255),
-    palette=((31, 73, 190), (200, 30, 40), (20, 125, 50), (120, 40, 160), (35, 35, 35)),
-    empty=(215, 215, 215),
-    outline=None,
-    outline_px=0.0,
-    radius=(0.66, 0.84),
-    max_rotation=12.0,
-    max_shift=0.05,
-)
-# Out of domain (MathVista's role): dark background, light fills with a white outline,
-# smaller shapes at any rotation, further off centre.
-OOD_STYLE = Style(
-    name="ood",
-    background=(22, 28, 48),
-    palette=((250, 210, 40), (60, 220, 220), (150, 240, 120), (255, 140, 200)),
-    empty=(75, 80, 95),
-    outline=(255, 255, 255),
-    outline_px=1.5,
-    radius=(0.5, 0.66),
-    max_rotation=180.0,
-    max_shift=0.1,
-)
-
-
-def _rotate(
-    points: list[tuple[float, float]], degrees: float, cx: float, cy: float
-) -> list[tuple[float, float]]:
-    """Rotate points (relative to the centre) by ``degrees`` and move them to ``(cx, cy)``."""
-    t = math.radians(degrees)
-    c, s = math.cos(t), math.sin(t)
-    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in points]
-
-
-def render(fact: str, category: Category, rng: np.random.Generator, size: int, style: Style) -> Image.Image:
-    """Draw ``category`` of ``fact`` as a ``size`` x ``size`` RGB image.
-
-    The jitter (colour, radius, rotation, centre, and the fact's own extras) is drawn
-    from ``rng`` in the same order whatever the category, so two categories rendered
-    from equally seeded generators differ only in the visual fact.
-    """
-    s = size * _SUPERSAMPLE
-    img = Image.new("RGB", (s, s), style.background)
-    draw = ImageDraw.Draw(img)
-    colour = style.palette[int(rng.integers(len(style.palette)))]
-    r = float(rng.uniform(*style.radius)) * s / 2
-    rot = float(rng.uniform(-style.max_rotation, style.max_rotation))
-    cx = s / 2 + float(rng.uniform(-1, 1)) * style.max_shift * s
-    cy = s / 2 + float(rng.uniform(-1, 1)) * style.max_shift * s
-    # Fact-specific extras, drawn for every category of the fact (see docstring).
-    aspect = float(rng.uniform(0.55, 0.85))  # figure: height / width of the box
-    corner = int(rng.integers(4))  # figure: corner holding the right angle
-    quarter = int(rng.integers(4))  # sector: where the shaded part starts
-    cell_order = [int(i) for i in rng.permutation(4)]  # grid: which cells are filled first
-    width = max(1, round(style.outline_px * _SUPERSAMPLE)) if style.outline else 0
-
-    def poly(points: list[tuple[float, float]], fill: RGB, outlined: bool = True) -> None:
-        if outlined and style.outline is not None:
-            draw.polygon(points, fill=fill, outline=style.outline, width=width)
-        else:
-            draw.polygon(points, fill=fill)
-
-    if fact == "polygon":
-        n = category.value
-        # Vertices at 90 + 180/n + k*360/n degrees (y points down): a flat bottom edge
-        # when upright, so the square is a square and not a diamond.
-        start = 90 + 180 / n
-        pts = [
-            (r * math.cos(math.radians(start + 360 * k / n)), r * math.sin(math.radians(start + 360 * k / n)))
-            for k in range(n)
-        ]
-        poly(_rotate(pts, rot, cx, cy), colour)
-    elif fact == "figure":
-        # A box of width 2w and height 2h; the rectangle fills it, the right triangle is
-        # the box minus the corner opposite the right angle. Not drawn to scale.
-        w = r * 0.95
-        h = w * aspect
-        box = [(-w, -h), (w, -h), (w, h), (-w, h)]
-        pts = box if category.value == 1 else [box[(corner + k) % 4] for k in (-1, 0, 1)]
-        poly(_rotate(pts, rot, cx, cy), colour)
-    elif fact == "sector":
-        # Pale full disc, then the shaded part as a solid pie slice. Upright means the
-        # slice starts at a multiple of 90 degrees; rotation jitters that start.
-        bbox = (cx - r, cy - r, cx + r, cy + r)
-        draw.ellipse(bbox, fill=style.empty)
-        start = 90 * quarter + rot
-        if category.value == 4:
-            if style.outline is not None:
-                draw.ellipse(bbox, fill=colour, outline=style.outline, width=width)
-            else:
-                draw.ellipse(bbox, fill=colour)
-        elif style.outline is not None:
-            draw.pieslice(
-                bbox, start, start + 90 * category.value, fill=colour, outline=style.outline, width=width
-            )
-        else:
-            draw.pieslice(bbox, start, start + 90 * category.value, fill=colour)
-    elif fact == "grid":
-        # A 2x2 board of side 2*half with a gap between cells; ``category.value`` cells
-        # filled (which ones is random), the rest pale.
-        half = r * 0.8
-        gap = half * 0.08
-        filled = set(cell_order[: category.value])
-        for cell in range(4):
-            x0 = -half if cell % 2 == 0 else gap / 2
-            y0 = -half if cell // 2 == 0 else gap / 2
-            side = half - gap / 2
-            pts = [(x0, y0), (x0 + side, y0), (x0 + side, y0 + side), (x0, y0 + side)]
-            is_filled = cell in filled
-            poly(_rotate(pts, rot, cx, cy), colour if is_filled else style.empty, outlined=is_filled)
-    else:
-        raise ValueError(f"unknown visual fact {fact!r} (valid: {', '.join(FACTS)})")
-    return img.resize((size, size), Image.Resampling.BOX)
 
 
 # ----------------------------------------------------------------------------- config
@@ -767,7 +325,7 @@ def generate(
     manifest: seed, sizes, families per split, image size, generator version, and the
     text-only baseline accuracy per split.
     """
-    from warmstart.data.loaders import write_problems
+    from warmstart.data.writer import write_problems
 
     cfg.validate()
     out = Path(out_dir)
