@@ -1,4 +1,4 @@
-"""Rollout throughput: ``warmstart.rollout.sample`` vs transformers ``generate`` on a toy Qwen2.5-VL.
+"""Rollout throughput: a :class:`warmstart.sampler.Sampler` vs transformers ``generate`` on a toy Qwen2.5-VL.
 
 Prints one JSON object. Every variant decodes ``--batch`` rows of exactly
 ``--new-tokens`` tokens (ours with ``ignore_eos``; ``generate`` with
@@ -18,6 +18,7 @@ ratio of two figures measured side by side much less. With 2 threads and a busy
 machine, a run can stall for seconds waiting for a thread that is descheduled
 (either engine); ``--threads 1`` gives steadier figures there.
 ``tok/s`` counts response tokens (rows x new tokens), prefill included in the time.
+"ours" is the sampler ``--backend`` names, built by ``make_sampler`` as the stages build it.
 
 Usage::
 
@@ -39,7 +40,8 @@ from PIL import Image
 from warmstart.data.schema import Problem
 from warmstart.models import load_policy
 from warmstart.models.toy import save_toy
-from warmstart.rollout import PromptBatch, SamplingParams, encode_prompts, sample
+from warmstart.rollout import PromptBatch, SamplingParams, encode_prompts
+from warmstart.sampler import SAMPLERS, RolloutConfig, make_sampler
 
 
 def make_problems(n_prompts: int) -> list[Problem]:
@@ -74,6 +76,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each engine (median)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    parser.add_argument("--backend", default="local", choices=sorted(SAMPLERS), help="rollout.backend")
     args = parser.parse_args()
     if args.batch % args.n:
         parser.error("--batch must be a multiple of --n")
@@ -83,6 +86,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         policy = load_policy(save_toy(tmp, args.size, seed=0))
     model, processor = policy.model, policy.processor
+    sampler = make_sampler(RolloutConfig(backend=args.backend), model, processor)
     new = args.new_tokens
 
     def engines(batch: PromptBatch, n: int, greedy: bool) -> dict[str, Callable[[], object]]:
@@ -96,7 +100,7 @@ def main() -> None:
             image_grid_thw=batch.image_grid_thw_I3,
         )
         return {
-            "ours": lambda: sample(model, processor, batch, params),
+            "ours": lambda: sampler.sample(batch, params),
             "generate": lambda: model.generate(
                 **inputs, max_new_tokens=new, min_new_tokens=new, num_return_sequences=n, **mode
             ),
@@ -106,6 +110,7 @@ def main() -> None:
     distinct = encode_prompts(make_problems(args.batch), processor)
     result: dict = {
         "size": args.size,
+        "backend": args.backend,
         "batch": args.batch,
         "n": args.n,
         "prompts": args.batch // args.n,

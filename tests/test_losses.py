@@ -8,6 +8,10 @@ import pytest
 import torch
 
 from warmstart import losses as L
+from warmstart.batch import TrainBatch
+from warmstart.config import ConfigError, from_dict
+from warmstart.rollout import Rollouts
+from warmstart.scoring import TokenScores
 
 # A 2x3 masked example shared by the aggregation tests:
 #   loss = [[1, 2, 3],        mask = [[1, 1, 0],
@@ -283,6 +287,7 @@ def test_k3_is_nonnegative_and_matches_float64_on_random_values():
         ("policy_losses", "ppo", ["ppo_clip", "vanilla_pg"]),
         (L.AGGREGATIONS, "mean", ["seq-mean-token-mean", "seq-mean-token-sum", "token-mean"]),
         ("kl_estimators", "k4", ["k1", "k2", "k3", "low_var_kl"]),
+        ("objectives", "pg", ["policy_gradient"]),
     ],
 )
 def test_unknown_name_lists_valid_names(registry, name, valid):
@@ -392,3 +397,108 @@ def test_policy_gradient_loss_rejects_mismatched_shapes():
         L.policy_gradient_loss(x, x, torch.zeros(3), x.bool())
     with pytest.raises(ValueError, match="same shape"):
         L.policy_gradient_loss(x, torch.zeros(2, 4), x, x.bool())
+
+
+# --------------------------------------------------------------------------------------------------
+# masked_mean and aggregation_denom
+# --------------------------------------------------------------------------------------------------
+
+
+def test_masked_mean_is_token_weighted_and_zero_safe():
+    # valid tokens of the 2x3 example: 1, 2 (row 0) and 4 (row 1): (1 + 2 + 4) / 3 = 7/3,
+    # not the mean of row means ((1.5 + 4) / 2 = 2.75)
+    assert close(L.masked_mean(LOSS_BT, MASK_BT), 7 / 3)
+    empty = torch.zeros(2, 3, dtype=torch.bool)
+    assert L.masked_mean(LOSS_BT, empty).item() == 0.0  # 0 / max(1, 0), not NaN
+    with pytest.raises(ValueError, match="same shape"):
+        L.masked_mean(LOSS_BT, MASK_BT[:, :2])
+
+
+def test_masked_mean_keeps_the_reduction_of_the_logged_means():
+    # the expression the stages logged before it existed, to the bit
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 13, generator=gen)
+    m = torch.rand(7, 13, generator=gen) > 0.3
+    assert L.masked_mean(x, m).item() == ((x * m).sum() / m.sum().clamp(min=1)).item()
+
+
+def test_aggregation_denom_counts_tokens_or_nonempty_rows():
+    mask = torch.tensor([[True, True, False], [False, False, False], [True, False, False]])
+    assert L.aggregation_denom("token-mean", mask) == 3  # 2 + 0 + 1 valid tokens
+    for agg in ("seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
+        assert L.aggregation_denom(agg, mask) == 2  # rows 0 and 2; the empty row does not count
+    with pytest.raises(ValueError, match="token-mean"):
+        L.aggregation_denom("mean", mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# Objectives: what the trainer backpropagates
+# --------------------------------------------------------------------------------------------------
+
+
+def _rollouts(mask_BT: torch.Tensor) -> Rollouts:
+    """Rows with only what the losses read (the response mask); no prompts are needed here."""
+    B, T = mask_BT.shape
+    return Rollouts(
+        prompts=None,
+        prompt_index_B=torch.arange(B),
+        response_ids_BT=torch.zeros(B, T, dtype=torch.long),
+        response_mask_BT=mask_BT,
+        logp_BT=torch.zeros(B, T),
+        entropy_BT=torch.zeros(B, T),
+        finish_reason_B=["stop"] * B,
+        texts_B=[""] * B,
+    )
+
+
+def test_policy_gradient_objective_is_the_sum_of_its_terms():
+    logits, logp = _logp_from_logits(seed=2)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    entropy = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+    adv = torch.tensor([[1.0, -0.5, 0.0], [2.0, 0.0, 0.0]])
+    ref = logp.detach() - 0.3
+    old = logp.detach() + 0.1
+    cfg = L.LossConfig(kl_coef=0.1, kl_estimator="k1", entropy_coef=0.01, clip_low=0.05, clip_high=0.05)
+    batch = TrainBatch(_rollouts(mask), adv, old_logp_BT=old, ref_logp_BT=ref)
+    loss, stats = L.policy_gradient_objective(batch, TokenScores(logp, entropy), cfg, denom=3)
+    pg, pg_stats = L.policy_gradient_loss(logp, old, adv, mask, clip_low=0.05, clip_high=0.05, denom=3)
+    # k1 = logp - ref = 0.3 on every token: token-mean = 0.3 (3 valid tokens / denom 3)
+    assert close(stats["kl"], 0.3, tol=1e-6)
+    expected = pg + 0.1 * 0.3 - 0.01 * L.token_mean(entropy, mask, denom=3)
+    assert close(loss, float(expected.detach()), tol=1e-6)
+    assert stats["pg_loss"] == float(pg.detach())
+    # ratio = exp(-0.1) = 0.905, below the band [0.95, 1.05] on all 3 valid tokens: for the two
+    # A > 0 tokens the unclipped term wins the max, for the A = -0.5 token the clipped one does
+    # -> 1 clipped token of 3
+    assert pg_stats["clip_frac"] == pytest.approx(1 / 3)
+    assert stats["clipped_tokens"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="ref_logp_BT"):
+        L.policy_gradient_objective(TrainBatch(_rollouts(mask), adv), TokenScores(logp, None), cfg, 3)
+
+
+def _sum_logp_objective(batch, scores, cfg, denom):
+    """A toy directly-backpropagated loss: the NLL of each token weighted by its teacher_logp_BT entry."""
+    del cfg
+    loss_BT = -scores.logp_BT * batch.teacher_logp_BT
+    return L.token_mean(loss_BT, batch.mask_BT, denom=denom), {"kl": 0.5}
+
+
+def test_a_registered_objective_is_selected_by_config_and_backpropagated_directly(monkeypatch):
+    monkeypatch.setitem(L.OBJECTIVES, "toy_weighted_nll", _sum_logp_objective)
+    cfg = from_dict(L.LossConfig, {"objective": "toy_weighted_nll"})
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    logp = torch.tensor([[-1.0, -2.0, -7.0], [-0.5, -9.0, -9.0]], requires_grad=True)
+    teacher = torch.tensor([[2.0, 3.0, 100.0], [4.0, 100.0, 100.0]])
+    batch = TrainBatch(_rollouts(mask), torch.zeros(2, 3), teacher_logp_BT=teacher)
+    denom = L.aggregation_denom(cfg.agg, mask)  # 3 valid tokens
+    loss, stats = L.get("objectives", cfg.objective)(batch, TokenScores(logp, None), cfg, denom)
+    # loss = -(-1 * 2 + -2 * 3 + -0.5 * 4) / 3 = 10 / 3; d loss / d logp = -teacher / 3 on valid tokens
+    assert close(loss, 10 / 3)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-2 / 3, -1.0, 0.0], [-4 / 3, 0.0, 0.0]]))
+    assert stats == {"kl": 0.5}
+
+
+def test_loss_config_rejects_an_unknown_objective():
+    with pytest.raises(ConfigError, match="policy_gradient"):
+        from_dict(L.LossConfig, {"objective": "dense_kl"})

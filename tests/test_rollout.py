@@ -1,4 +1,4 @@
-"""Rollouts: the sampler's tokens, log-probs and entropies against the HF model itself.
+"""Rollouts: the in-process engine's tokens, log-probs and entropies against the HF model itself.
 
 One toy checkpoint ("xs") is saved per module. Its text weights are re-drawn with a
 larger scale so that next-token distributions depend clearly on the context: greedy
@@ -15,21 +15,21 @@ import pytest
 import torch
 from PIL import Image
 
+import warmstart.engine as engine
+import warmstart.rollout as rollout
 from warmstart.data.prompts import prompt_text
 from warmstart.data.schema import Problem
+from warmstart.engine import _shared_text_prefix, sample, sample_from_logits, top_p_mask
 from warmstart.models import load_policy
-from warmstart.models.toy import save_toy
+from warmstart.models.toy import IMAGE_PAD, PAD, VIDEO_PAD, VISION_END, VISION_START, save_toy
 from warmstart.rollout import (
     SUPPRESS_LOGIT,
     PromptBatch,
     Rollouts,
     SamplingParams,
-    _shared_text_prefix,
     encode_prompts,
-    sample,
-    sample_from_logits,
     suppressed_token_ids,
-    top_p_mask,
+    vision_token_ids,
 )
 
 
@@ -191,15 +191,13 @@ def test_left_padded_batch_equals_each_prompt_alone_greedy(policy):
 
 def test_shared_prompt_prefix_is_prefilled_once_and_scores_exactly(policy, monkeypatch):
     """Prompts with a long common head (a system turn) take the shared-prefix prefill path."""
-    import warmstart.rollout as rollout_module
-
     problems = make_problems(3)
     system = "<|im_start|>system\nYou are a careful geometry tutor. Think step by step.<|im_end|>\n"
     texts = [system + prompt_text(p, policy.processor) for p in problems]
     batch = encode_prompts(problems, policy.processor, texts=texts)
     start_Q = (batch.attention_mask_QP == 0).sum(1)
     shared = _shared_text_prefix(batch.input_ids_QP, batch.mm_token_type_ids_QP, start_Q)
-    assert shared >= rollout_module.MIN_SHARED_PREFIX
+    assert shared >= engine.MIN_SHARED_PREFIX
     sampled = sample(policy.model, policy.processor, batch, SamplingParams(n=2, max_new_tokens=12, seed=4))
     ref_logp, ref_entropy = reference_scores(policy.model, sampled)
     assert torch.allclose(sampled.logp_BT, ref_logp, atol=1e-4, rtol=0)
@@ -207,7 +205,7 @@ def test_shared_prompt_prefix_is_prefilled_once_and_scores_exactly(policy, monke
     # Same greedy tokens with the shared-prefix prefill switched off.
     greedy = SamplingParams(greedy=True, max_new_tokens=12)
     with_prefix = sample(policy.model, policy.processor, batch, greedy)
-    monkeypatch.setattr(rollout_module, "MIN_SHARED_PREFIX", 10**9)
+    monkeypatch.setattr(engine, "MIN_SHARED_PREFIX", 10**9)
     without_prefix = sample(policy.model, policy.processor, batch, greedy)
     assert torch.equal(with_prefix.response_ids_BT, without_prefix.response_ids_BT)
     assert torch.allclose(with_prefix.logp_BT, without_prefix.logp_BT, atol=1e-5)
@@ -230,6 +228,33 @@ def test_vision_special_tokens_are_never_sampled(policy):
     ref_logp, ref_entropy = reference_scores(model, r)
     assert torch.allclose(r.logp_BT, ref_logp, atol=1e-4, rtol=0)
     assert torch.allclose(r.entropy_BT, ref_entropy, atol=1e-4, rtol=0)
+
+
+def test_toy_vision_and_suppressed_ids_are_pinned(policy):
+    """The one vision-token rule gives the toy the ids both old rules gave (sampled tokens unchanged).
+
+    The toy tokenizer's special tokens come first: pad 0, <|im_start|> 1, <|im_end|> (EOS)
+    2, vision start 3, vision end 4, image pad 5, video pad 6.
+    """
+    tok = policy.tokenizer
+    names = {t: tok.convert_tokens_to_ids(t) for t in (PAD, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)}
+    assert names == {PAD: 0, VISION_START: 3, VISION_END: 4, IMAGE_PAD: 5, VIDEO_PAD: 6}
+    assert tok.eos_token_id == 2
+    # The scorer's and serve's set (config only) and the sampler's (config + tokenizer) agree.
+    assert vision_token_ids(policy.model) == [3, 4, 5, 6]
+    assert vision_token_ids(policy.model, tok) == [3, 4, 5, 6]
+    # The sampler adds pad; EOS is never suppressed.
+    assert suppressed_token_ids(policy.model, tok) == [0, 3, 4, 5, 6]
+    ro = sample(policy.model, policy.processor, make_problems(1), SamplingParams(max_new_tokens=2))
+    assert ro.suppressed_ids == (0, 3, 4, 5, 6)
+
+
+def test_moved_engine_names_stay_importable_from_rollout():
+    assert rollout.sample is engine.sample
+    assert rollout.sample_from_logits is engine.sample_from_logits
+    assert rollout.top_p_mask is engine.top_p_mask
+    with pytest.raises(AttributeError):
+        rollout.no_such_name  # noqa: B018
 
 
 def test_top_p_draws_only_from_the_nucleus():

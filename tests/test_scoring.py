@@ -9,15 +9,14 @@ from PIL import Image
 from warmstart.data.schema import Problem
 from warmstart.models import load_policy
 from warmstart.models.toy import save_toy
-from warmstart.rollout import Rollouts, SamplingParams, encode_prompts, sample
+from warmstart.rollout import SUPPRESS_LOGIT, Rollouts, SamplingParams, encode_prompts, vision_token_ids
+from warmstart.sampler import RolloutConfig, make_sampler
 from warmstart.scoring import (
-    SUPPRESS_LOGIT,
     TokenScores,
     chunked_logp_entropy,
     naive_logp_entropy,
     score_rollouts,
     score_sequences,
-    vision_special_token_ids,
 )
 
 ATOL = 1e-5
@@ -280,6 +279,7 @@ def test_score_sequences_matches_full_hf_forward(policy):
         seq["pixel_values"],
         seq["image_grid_thw"],
         target_mask_BL=target_BL,
+        chunk_size=5,  # the same chunks as `got`: same matmuls, so the same bits
         suppress_ids=None,
     )
     assert torch.equal(got_bl.logp_BT[:, pw:], got.logp_BT)
@@ -304,7 +304,7 @@ def test_batched_equals_single_row(policy):
 
 def test_default_suppresses_vision_tokens(policy):
     seq, pw, resp_BT, rmask_BT = _batch(policy)
-    vision = vision_special_token_ids(policy.model)
+    vision = vision_token_ids(policy.model)
     cfg = policy.model.config
     assert set(vision) == {
         cfg.image_token_id,
@@ -417,15 +417,11 @@ def test_score_rollouts_of_given_responses(policy):
 def test_score_rollouts_reproduces_the_samplers_logp_and_entropy(policy):
     """The sampler's behaviour log-probs / entropies are what scoring recomputes (suppressed ids included)."""
     batch = _prompt_batch(policy.processor)
+    sampler = make_sampler(RolloutConfig(), policy.model, policy.processor)
     for temperature in (1.0, 0.7):
-        ro = sample(
-            policy.model,
-            policy.processor,
-            batch,
-            SamplingParams(n=2, max_new_tokens=12, temperature=temperature, seed=1),
-        )
+        ro = sampler.sample(batch, SamplingParams(n=2, max_new_tokens=12, temperature=temperature, seed=1))
         # The sampler suppressed the vision tokens and the pad token; scoring must use the same ids.
-        assert set(vision_special_token_ids(policy.model)) < set(ro.suppressed_ids)
+        assert set(vision_token_ids(policy.model)) < set(ro.suppressed_ids)
         assert ro.response_mask_BT.sum() >= 6
         got = score_rollouts(policy.model, ro, temperature=temperature, chunk_size=7)
         m = ro.response_mask_BT

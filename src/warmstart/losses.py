@@ -1,7 +1,8 @@
 """Pure loss and advantage math, behind registries keyed by config strings.
 
-Everything here is a plain function of tensors: no models, no optimisers, no
-state. Stages pick functions by the names in their configs through `get`, so an
+Everything here is a plain function of tensors (the objectives read them from a
+typed `TrainBatch` and `TokenScores`): no models, no optimisers, no state, and
+`LossConfig`, the config that names them. Stages pick functions by the names in their configs through `get`, so an
 unknown name fails early with the list of valid ones.
 
 Shapes use suffixes: `B` rows (sequences), `T` response tokens, `G` groups
@@ -18,9 +19,15 @@ Registries:
                                                       (loss_BT, mask_BT, norm=None, denom=None) -> scalar
     KL_ESTIMATORS   "k1" | "k2" | "k3" (alias "low_var_kl")
                                                       (logp_BT, ref_logp_BT, clamp=...) -> kl_BT
+    OBJECTIVES      "policy_gradient"                 (batch, scores, cfg, denom) -> (loss, stats)
+
+`OBJECTIVES` (picked by `LossConfig.objective`) is what the trainer backpropagates;
+`policy_gradient` composes the registries above. A loss backpropagated directly (a
+dense distillation KL) is one more entry: a function here + its `OBJECTIVES` entry
+(+ `LossConfig` fields for its knobs) + its test + `loss.objective = "<name>"`.
 
 `policy_gradient_loss` composes a policy loss and an aggregation; SFT, OPD and
-GRPO all call it and differ only in the advantage they pass:
+GRPO all train with it and differ only in the advantage they pass:
     SFT:  adv = 1, old_logp = logp.detach()        -> gradient of the mean NLL
     OPD:  adv = reverse_kl_advantage(student, teacher, mask)
     GRPO: adv = ADVANTAGES[...](rewards_GN) broadcast over each row's tokens
@@ -29,18 +36,29 @@ GRPO all call it and differ only in the advantage they pass:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+from warmstart.config import ConfigError
+
+if TYPE_CHECKING:
+    from warmstart.batch import TrainBatch
+    from warmstart.scoring import TokenScores
 
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
     "KL_ESTIMATORS",
     "KL_LOG_RATIO_CLAMP",
+    "OBJECTIVES",
+    "OBJECTIVE_STATS",
     "POLICY_LOSSES",
     "REGISTRIES",
+    "LossConfig",
+    "aggregation_denom",
     "all_equal_groups",
     "drgrpo_advantages",
     "entropy_bonus",
@@ -49,7 +67,9 @@ __all__ = [
     "kl_k1",
     "kl_k2",
     "kl_k3",
+    "masked_mean",
     "policy_gradient_loss",
+    "policy_gradient_objective",
     "ppo_clip_loss",
     "reverse_kl_advantage",
     "seq_mean_token_mean",
@@ -241,8 +261,9 @@ POLICY_LOSSES: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
 # `denom` overrides the default denominator, so that gradient accumulation over micro-batches and
 # data-parallel processes give the same loss as one big batch: the trainer computes the global
 # denominator once per optimiser step (all micro-batches, all processes) and passes it to every
-# micro-batch; the per-micro-batch losses then sum (and, under DDP's gradient averaging, the
-# trainer multiplies by the world size) to the big-batch value.
+# micro-batch; the per-micro-batch losses (and gradients, summed over processes) add up to it.
+
+Denom = float | Tensor | None  # an aggregation's denominator override; None: the micro-batch's own count
 
 
 def _check_loss_mask(loss_BT: Tensor, mask_BT: Tensor) -> Tensor:
@@ -254,7 +275,7 @@ def _check_loss_mask(loss_BT: Tensor, mask_BT: Tensor) -> Tensor:
     return mask_BT.bool()
 
 
-def _check_denom(denom: float | Tensor | None, what: str) -> None:
+def _check_denom(denom: Denom, what: str) -> None:
     if denom is not None and float(denom) <= 0:
         raise ValueError(f"denom ({what}) must be > 0, got {float(denom)}")
 
@@ -263,7 +284,7 @@ def _masked(loss_BT: Tensor, mask_BT: Tensor) -> Tensor:
     return torch.where(mask_BT, loss_BT, torch.zeros_like(loss_BT))
 
 
-def _seq_mean(per_seq_B: Tensor, mask_BT: Tensor, denom: float | Tensor | None) -> Tensor:
+def _seq_mean(per_seq_B: Tensor, mask_BT: Tensor, denom: Denom) -> Tensor:
     """Mean over rows that have at least one valid token (or sum / denom)."""
     _check_denom(denom, "the global number of non-empty sequences")
     nonempty_B = mask_BT.any(dim=1)
@@ -273,12 +294,7 @@ def _seq_mean(per_seq_B: Tensor, mask_BT: Tensor, denom: float | Tensor | None) 
     return total / denom
 
 
-def token_mean(
-    loss_BT: Tensor,
-    mask_BT: Tensor,
-    norm: float | None = None,
-    denom: float | Tensor | None = None,
-) -> Tensor:
+def token_mean(loss_BT: Tensor, mask_BT: Tensor, norm: float | None = None, denom: Denom = None) -> Tensor:
     """Token-level mean: sum of the loss over all valid tokens / number of valid tokens.
 
         L = sum_{b,t} m[b,t] * loss[b,t] / sum_{b,t} m[b,t]
@@ -300,10 +316,7 @@ def token_mean(
 
 
 def seq_mean_token_sum(
-    loss_BT: Tensor,
-    mask_BT: Tensor,
-    norm: float | None = None,
-    denom: float | Tensor | None = None,
+    loss_BT: Tensor, mask_BT: Tensor, norm: float | None = None, denom: Denom = None
 ) -> Tensor:
     """Sum over each sequence's valid tokens, then mean over sequences.
 
@@ -319,10 +332,7 @@ def seq_mean_token_sum(
 
 
 def seq_mean_token_mean(
-    loss_BT: Tensor,
-    mask_BT: Tensor,
-    norm: float | None = None,
-    denom: float | Tensor | None = None,
+    loss_BT: Tensor, mask_BT: Tensor, norm: float | None = None, denom: Denom = None
 ) -> Tensor:
     """Mean over each sequence's valid tokens, then mean over sequences.
 
@@ -340,10 +350,7 @@ def seq_mean_token_mean(
 
 
 def seq_mean_token_sum_norm(
-    loss_BT: Tensor,
-    mask_BT: Tensor,
-    norm: float | None = None,
-    denom: float | Tensor | None = None,
+    loss_BT: Tensor, mask_BT: Tensor, norm: float | None = None, denom: Denom = None
 ) -> Tensor:
     """Dr.GRPO aggregation: per-sequence sum / a constant `norm`, then mean over sequences.
 
@@ -365,6 +372,29 @@ AGGREGATIONS: dict[str, Callable[..., Tensor]] = {
     "seq-mean-token-mean": seq_mean_token_mean,
     "seq-mean-token-sum-norm": seq_mean_token_sum_norm,
 }
+
+
+def aggregation_denom(agg: str, mask_BT: Tensor) -> int:
+    """`agg`'s denominator on a whole batch: valid tokens (token-mean) or non-empty rows (seq-mean-*).
+
+    Counted once per step on the global batch and passed to every micro-batch as `denom`.
+    """
+    get(AGGREGATIONS, agg)
+    if agg == "token-mean":
+        return int(mask_BT.sum())
+    return int((mask_BT.sum(1) > 0).sum())
+
+
+def masked_mean(x_BT: Tensor, mask_BT: Tensor) -> Tensor:
+    """Token-weighted mean over the True entries of `mask_BT`: sum(x * m) / max(1, sum(m)).
+
+    For the numbers the stages log (entropy, -log p, reverse KL of a step's tokens).
+    The mask multiplies (the reduction those logs always used) rather than selects as
+    the aggregations do, so `x_BT` must be finite on padding (rollouts and scores put 0).
+    """
+    if x_BT.shape != mask_BT.shape:
+        raise ValueError(f"x_BT {tuple(x_BT.shape)} and mask_BT {tuple(mask_BT.shape)}: not the same shape")
+    return (x_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -428,36 +458,6 @@ KL_ESTIMATORS: dict[str, Callable[..., Tensor]] = {
 
 
 # --------------------------------------------------------------------------------------------------
-# Registry lookup
-# --------------------------------------------------------------------------------------------------
-
-REGISTRIES: dict[str, Mapping[str, Callable[..., Any]]] = {
-    "advantages": ADVANTAGES,
-    "policy_losses": POLICY_LOSSES,
-    "aggregations": AGGREGATIONS,
-    "kl_estimators": KL_ESTIMATORS,
-}
-
-
-def get(registry: str | Mapping[str, Callable[..., Any]], name: str) -> Callable[..., Any]:
-    """Look up `name` in a registry (a dict above, or its name in `REGISTRIES`).
-
-    Unknown names raise ValueError listing the valid ones, so a typo in a
-    config fails at start-up with the fix in the message.
-    """
-    if isinstance(registry, str):
-        if registry not in REGISTRIES:
-            raise ValueError(f"unknown registry {registry!r}; valid registries: {', '.join(REGISTRIES)}")
-        kind, table = registry, REGISTRIES[registry]
-    else:
-        table = registry
-        kind = next((k for k, v in REGISTRIES.items() if v is registry), "registry")
-    if name not in table:
-        raise ValueError(f"unknown {kind} name {name!r}; valid names: {', '.join(sorted(table))}")
-    return table[name]
-
-
-# --------------------------------------------------------------------------------------------------
 # Composites used by the stages
 # --------------------------------------------------------------------------------------------------
 
@@ -468,7 +468,7 @@ def entropy_bonus(
     coef: float,
     agg: str = "token-mean",
     norm: float | None = None,
-    denom: float | Tensor | None = None,
+    denom: Denom = None,
 ) -> Tensor:
     """The entropy-bonus term to ADD to the loss: -coef * AGG(entropy_BT, mask_BT).
 
@@ -509,7 +509,7 @@ def policy_gradient_loss(
     clip_high: float = 0.2,
     dual_clip: float | None = None,
     norm: float | None = None,
-    denom: float | Tensor | None = None,
+    denom: Denom = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The one policy-gradient loss that SFT, OPD and GRPO share.
 
@@ -563,3 +563,137 @@ def policy_gradient_loss(
         "num_tokens": float(num_tokens),
     }
     return total, stats
+
+
+# --------------------------------------------------------------------------------------------------
+# Training objectives: what the trainer backpropagates, one micro-batch at a time
+# --------------------------------------------------------------------------------------------------
+#
+# objective(batch, scores, cfg, denom) -> (loss, stats). `batch`: the micro-batch TrainBatch;
+# `scores`: the model's TokenScores of its response tokens (logp_BT with gradient; entropy_BT
+# when asked for or entropy_coef > 0); `denom`: the step's global `aggregation_denom`. `loss` is
+# backpropagated; `stats` are python floats, named in OBJECTIVE_STATS, that add up over
+# micro-batches and processes: a fixed list, since every process must all-reduce the same keys.
+
+OBJECTIVE_STATS = ("pg_loss", "kl", "clipped_tokens")  # policy-gradient term, KL term, clipped tokens
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """How per-token weights become a loss (names are registry keys of this module).
+
+    Attributes:
+        objective: what the trainer backpropagates, a key of `OBJECTIVES`: ``policy_gradient``
+            = `policy_loss` aggregated by `agg` + the KL-to-reference and entropy-bonus terms.
+        policy_loss: ``ppo_clip`` or ``vanilla_pg``.
+        agg: ``token-mean`` | ``seq-mean-token-sum`` | ``seq-mean-token-mean`` | ``seq-mean-token-sum-norm``.
+        clip_low: lower PPO clip (ratio >= 1 - clip_low).
+        clip_high: upper PPO clip (ratio <= 1 + clip_high; DAPO's clip-higher when > clip_low).
+        dual_clip: dual-clip constant (> 1) for negative advantages, or ``None``.
+        norm: constant normaliser for ``seq-mean-token-sum-norm`` (Dr.GRPO), e.g. the max response length.
+        kl_coef: coefficient of the KL-to-reference loss term (0: no reference model is loaded).
+        kl_estimator: ``k1`` | ``k2`` | ``k3`` (alias ``low_var_kl``).
+        entropy_coef: coefficient of the entropy bonus (0 disables).
+    """
+
+    objective: str = "policy_gradient"
+    policy_loss: str = "ppo_clip"
+    agg: str = "token-mean"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    norm: float | None = None
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+
+    def validate(self) -> None:
+        for reg, name in (
+            ("objectives", self.objective),
+            ("policy_losses", self.policy_loss),
+            ("aggregations", self.agg),
+            ("kl_estimators", self.kl_estimator),
+        ):
+            try:
+                get(reg, name)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+
+
+def policy_gradient_objective(
+    batch: TrainBatch, scores: TokenScores, cfg: LossConfig, denom: float
+) -> tuple[Tensor, dict[str, float]]:
+    """The objective SFT, OPD and GRPO train with (`batch.old_logp_BT` None: on-policy, ratio 1).
+
+    loss = policy_gradient_loss(logp, old_logp, adv)          (cfg.policy_loss, cfg.agg)
+         + kl_coef * AGG(KL_ESTIMATORS[kl_estimator](logp, ref_logp))   if kl_coef > 0
+         + entropy_bonus(entropy, entropy_coef)                           if entropy_coef > 0
+    """
+    mask_BT = batch.mask_BT
+    logp_BT = scores.logp_BT
+    old_logp_BT = logp_BT.detach() if batch.old_logp_BT is None else batch.old_logp_BT
+    pg, pg_stats = policy_gradient_loss(
+        logp_BT,
+        old_logp_BT,
+        batch.adv_BT,
+        mask_BT,
+        loss=cfg.policy_loss,
+        agg=cfg.agg,
+        clip_low=cfg.clip_low,
+        clip_high=cfg.clip_high,
+        dual_clip=cfg.dual_clip,
+        norm=cfg.norm,
+        denom=denom,
+    )
+    total = pg
+    stats = {"pg_loss": float(pg.detach()), "kl": 0.0}
+    if cfg.kl_coef > 0:
+        if batch.ref_logp_BT is None:
+            raise ValueError("kl_coef > 0 needs ref_logp_BT in the TrainBatch")
+        kl_BT = get(KL_ESTIMATORS, cfg.kl_estimator)(logp_BT, batch.ref_logp_BT)
+        kl = get(AGGREGATIONS, cfg.agg)(kl_BT, mask_BT, norm=cfg.norm, denom=denom)
+        total = total + cfg.kl_coef * kl
+        stats["kl"] = float(kl.detach())
+    if cfg.entropy_coef > 0:
+        total = total + entropy_bonus(
+            scores.entropy_BT, mask_BT, cfg.entropy_coef, cfg.agg, norm=cfg.norm, denom=denom
+        )
+    # clip_frac x tokens (not the integer count): the number the step has always summed
+    stats["clipped_tokens"] = pg_stats["clip_frac"] * int(mask_BT.sum())
+    return total, stats
+
+
+OBJECTIVES: dict[str, Callable[..., tuple[Tensor, dict[str, float]]]] = {
+    "policy_gradient": policy_gradient_objective,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry lookup
+# --------------------------------------------------------------------------------------------------
+
+REGISTRIES: dict[str, Mapping[str, Callable[..., Any]]] = {
+    "advantages": ADVANTAGES,
+    "policy_losses": POLICY_LOSSES,
+    "aggregations": AGGREGATIONS,
+    "kl_estimators": KL_ESTIMATORS,
+    "objectives": OBJECTIVES,
+}
+
+
+def get(registry: str | Mapping[str, Callable[..., Any]], name: str) -> Callable[..., Any]:
+    """Look up `name` in a registry (a dict above, or its name in `REGISTRIES`).
+
+    Unknown names raise ValueError listing the valid ones, so a typo in a
+    config fails at start-up with the fix in the message.
+    """
+    if isinstance(registry, str):
+        if registry not in REGISTRIES:
+            raise ValueError(f"unknown registry {registry!r}; valid registries: {', '.join(REGISTRIES)}")
+        kind, table = registry, REGISTRIES[registry]
+    else:
+        table = registry
+        kind = next((k for k, v in REGISTRIES.items() if v is registry), "registry")
+    if name not in table:
+        raise ValueError(f"unknown {kind} name {name!r}; valid names: {', '.join(sorted(table))}")
+    return table[name]

@@ -31,15 +31,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-# The logit given to suppressed vocabulary entries (vision special tokens, pad),
-# exactly as the sampler does (rollout.py folds it into its LM head: the logit is
-# *replaced* by this value, then divided by the temperature). exp() of it
-# underflows to exactly 0 in float32 next to any realistic logit, but it is
-# finite: with -inf, p * log p becomes 0 * -inf = NaN in the entropy
-# (shared/BASELINES.md trap).
-SUPPRESS_LOGIT = -1.0e4
+from warmstart.models.load import unwrap_model
 
-# `suppress_ids="vision"`: the model's own vision special tokens (see vision_special_token_ids).
+# The sampler's constant and vision-token rule, so that scores describe its distribution:
+# a suppressed logit is *replaced* by SUPPRESS_LOGIT, then divided by the temperature.
+from warmstart.rollout import SUPPRESS_LOGIT, vision_token_ids
+
+# `suppress_ids="vision"`: the model's own vision special tokens (rollout.vision_token_ids).
 VISION = "vision"
 # `suppress_ids="auto"` (score_rollouts): the ids the sampler suppressed (Rollouts.suppressed_ids).
 AUTO = "auto"
@@ -324,35 +322,9 @@ def naive_logp_entropy(
 # ---------------------------------------------------------------------------
 
 
-def _unwrap(model: Any) -> Any:
-    """The transformers ``...ForConditionalGeneration`` inside peft / ``.module`` wrappers.
-
-    peft's ``PeftModel`` forwards attribute lookups, so ``peft_model.model`` would
-    be the LoRA wrapper's inner *CausalLM*, not the base ``Qwen2_5_VLModel``: unwrap
-    explicitly. The LoRA layers stay injected in the unwrapped modules, so scores
-    and gradients are the adapted model's.
-    """
-    seen = 0
-    while seen < 8:
-        seen += 1
-        if hasattr(model, "get_base_model") and callable(model.get_base_model):
-            inner = model.get_base_model()
-            if inner is not model:
-                model = inner
-                continue
-        # DistributedDataParallel / accelerate-style wrappers keep the model in `.module`.
-        # Note: calling the inner module bypasses DDP's forward hook; score through
-        # an unwrapped model only where gradients are not synchronised by DDP.
-        if isinstance(getattr(model, "module", None), torch.nn.Module):
-            model = model.module
-            continue
-        break
-    return model
-
-
 def _base_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(base model returning hidden states, LM head) of a causal (VL) LM."""
-    inner = _unwrap(model)
+    inner = unwrap_model(model)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     if head is None:
         head = getattr(inner, "lm_head", None)
@@ -371,26 +343,6 @@ def _base_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
     return base, head
 
 
-def vision_special_token_ids(model: Any) -> list[int]:
-    """Ids of the vision special tokens (image/video pad, vision start/end) from the model config.
-
-    A sampled vision token makes the next forward fail ("Image features and image
-    tokens do not match"), so the sampler never emits them. This is the tokenizer-free
-    part of :func:`warmstart.rollout.suppressed_token_ids` (which adds the pad token);
-    :func:`score_rollouts` uses the exact ids a ``Rollouts`` records instead.
-    """
-    config = _unwrap(model).config
-    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-    ids = []
-    for name in names:
-        value = getattr(config, name, None)
-        if value is None and hasattr(config, "text_config"):
-            value = getattr(config.text_config, name, None)
-        if value is not None:
-            ids.append(int(value))
-    return sorted(set(ids))
-
-
 def _resolve_suppress(model: Any, suppress_ids: Sequence[int] | str | None, vocab: int) -> list[int] | None:
     if suppress_ids is None:
         return None
@@ -398,7 +350,7 @@ def _resolve_suppress(model: Any, suppress_ids: Sequence[int] | str | None, voca
         if suppress_ids != VISION:
             raise ValueError(f"suppress_ids must be ids, None or {VISION!r} here; got {suppress_ids!r}")
         # Ids past the LM head's vocabulary (a config larger than the head) cannot be sampled anyway.
-        return [i for i in vision_special_token_ids(model) if i < vocab]
+        return [i for i in vision_token_ids(model) if i < vocab]
     return list(suppress_ids)
 
 
@@ -408,7 +360,7 @@ def mm_token_types_from_ids(model: Any, input_ids_BL: Tensor) -> Tensor:
     Without it, Qwen2.5-VL silently falls back to 1-D positions and log-probs are
     off by up to 8.6 nats (BASELINES); rebuilt here when a caller has none.
     """
-    config = _unwrap(model).config
+    config = unwrap_model(model).config
     types_BL = torch.zeros_like(input_ids_BL, dtype=torch.int32)
     image_id = getattr(config, "image_token_id", None)
     video_id = getattr(config, "video_token_id", None)
@@ -467,7 +419,7 @@ def score_sequences(
             model (LM head, language model, vision tower).
         temperature: scores ``log softmax(logits / temperature)``.
         suppress_ids: vocabulary ids whose logits are set to ``SUPPRESS_LOGIT`` (as the
-            sampler does); ``"vision"`` (default) = :func:`vision_special_token_ids`;
+            sampler does); ``"vision"`` (default) = :func:`warmstart.rollout.vision_token_ids`;
             None = the raw model distribution. To match a sampler exactly pass its ids
             (``Rollouts.suppressed_ids`` / ``rollout.suppressed_token_ids``).
 

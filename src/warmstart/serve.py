@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 
-from warmstart.scoring import SUPPRESS_LOGIT, vision_special_token_ids
+from warmstart.rollout import SUPPRESS_LOGIT, vision_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class ScoringModel:
         # they are suppressed here as in scoring.score_rollouts; vLLM does not, but a trained
         # model gives them ~0 probability after text, so the two agree in practice.
         vocab = policy.model.lm_head.weight.shape[0]
-        ids = vision_special_token_ids(policy.model) if suppress_vision else []
+        ids = vision_token_ids(policy.model) if suppress_vision else []
         self.suppress_ids = [i for i in ids if i < vocab]
         self._lock = threading.Lock()
 

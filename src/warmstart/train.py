@@ -1,9 +1,12 @@
 """The shared training step, checkpoints and run directories.
 
-Every stage (pretrain, SFT, OPD, GRPO) trains through :class:`Trainer`: a typed
-batch of rows (prompt + response tokens, a :class:`~warmstart.rollout.Rollouts`)
-with per-token advantages and behaviour log-probs comes in; one optimizer update
-comes out. The stages differ only in where the per-token weights come from:
+Every stage (pretrain, SFT, OPD, GRPO) trains through :class:`Trainer`: a
+:class:`~warmstart.batch.TrainBatch` (rows of prompt + response tokens with per-token
+advantages and whichever log-probs the loss needs) comes in; one optimizer update
+comes out. The loss is the :data:`warmstart.losses.OBJECTIVES` entry that
+``LossConfig.objective`` names, computed micro-batch by micro-batch from the model's
+scores of the response tokens. With the policy-gradient objective the stages differ
+only in where the per-token weights come from:
 
 * SFT / pretrain: advantage 1 on every response token, ``old_logp = logp`` (ratio 1):
   the policy-gradient loss is then exactly the token-mean negative log-likelihood.
@@ -12,10 +15,10 @@ comes out. The stages differ only in where the per-token weights come from:
 
 Process-count agnostic: under ``accelerate launch --num_processes N`` every process
 holds the global batch and takes every N-th micro-batch of it; the loss of each
-micro-batch is divided by the *global* number of valid tokens, and the gradients
-are summed across processes (an all-reduce after accumulation, rather than DDP's
-per-backward mean, so ranks with different micro-batch counts cannot deadlock), so
-the update equals the single-process one up to float summation order.
+micro-batch is divided by the *global* denominator (valid tokens, or non-empty rows),
+and the gradients are summed across processes (an all-reduce after accumulation,
+rather than DDP's per-backward mean, so ranks with different micro-batch counts cannot
+deadlock), so the update equals the single-process one up to float summation order.
 """
 
 from __future__ import annotations
@@ -35,7 +38,27 @@ import numpy as np
 import torch
 
 from warmstart import losses
+from warmstart.atomic import atomic_dir, atomic_write_text
+from warmstart.batch import TrainBatch
 from warmstart.config import ConfigError, to_dict
+from warmstart.losses import LossConfig
+
+__all__ = [
+    "LossConfig",
+    "OptimConfig",
+    "RunDir",
+    "StepStats",
+    "Timer",
+    "TrainBatch",
+    "Trainer",
+    "atomic_write_text",
+    "lr_at",
+    "make_accelerator",
+    "open_training",
+    "require_set",
+    "save_model_atomic",
+    "step_seed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,44 +97,6 @@ class OptimConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0:
             raise ConfigError("warmup_steps must be >= 0")
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """How per-token weights become a loss (names are :mod:`warmstart.losses` registry keys).
-
-    Attributes:
-        policy_loss: ``ppo_clip`` or ``vanilla_pg``.
-        agg: ``token-mean`` | ``seq-mean-token-sum`` | ``seq-mean-token-mean`` | ``seq-mean-token-sum-norm``.
-        clip_low: lower PPO clip (ratio >= 1 - clip_low).
-        clip_high: upper PPO clip (ratio <= 1 + clip_high; DAPO's clip-higher when > clip_low).
-        dual_clip: dual-clip constant (> 1) for negative advantages, or ``None``.
-        norm: constant normaliser for ``seq-mean-token-sum-norm`` (Dr.GRPO), e.g. the max response length.
-        kl_coef: coefficient of the KL-to-reference loss term (0: no reference model is loaded).
-        kl_estimator: ``k1`` | ``k2`` | ``k3`` (alias ``low_var_kl``).
-        entropy_coef: coefficient of the entropy bonus (0 disables).
-    """
-
-    policy_loss: str = "ppo_clip"
-    agg: str = "token-mean"
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    dual_clip: float | None = None
-    norm: float | None = None
-    kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    entropy_coef: float = 0.0
-
-    def validate(self) -> None:
-        for reg, name in (
-            ("policy_losses", self.policy_loss),
-            ("aggregations", self.agg),
-            ("kl_estimators", self.kl_estimator),
-        ):
-            try:
-                losses.get(reg, name)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
 
 
 def is_main_process() -> bool:
@@ -154,7 +139,19 @@ def _is_vision_param(name: str) -> bool:
 
 @dataclass
 class StepStats:
-    """What one update reports (all plain floats)."""
+    """What one update reports (plain numbers, summed over the step's micro-batches and processes).
+
+    Attributes:
+        loss: the objective's loss (the number backpropagated).
+        pg_loss: its policy-gradient term (0 for an objective without one).
+        grad_norm: global gradient norm before clipping (NaN when the step was skipped).
+        lr: learning rate of the step.
+        clip_frac: fraction of valid tokens whose PPO clip was active.
+        num_tokens: valid response tokens of the global batch.
+        entropy: token mean of the full-vocabulary entropy of the trained tokens (0 when not scored).
+        kl: the KL-to-reference term (0 when off).
+        skipped: the step was skipped (non-finite loss or gradient).
+    """
 
     loss: float
     pg_loss: float
@@ -171,7 +168,7 @@ class StepStats:
 
 
 class Trainer:
-    """AdamW + schedule + the weighted per-token policy loss, with gradient accumulation.
+    """AdamW + schedule + the configured objective (``loss.objective``), with gradient accumulation.
 
     Args:
         model: the trainable model (``requires_grad`` on the parameters to train).
@@ -233,80 +230,51 @@ class Trainer:
             g["lr"] = self.optim_cfg.lr * mult * g.get("lr_mult", 1.0)
         return self.optim_cfg.lr * mult
 
-    def update(
-        self,
-        rollouts,
-        adv_BT: torch.Tensor,
-        old_logp_BT: torch.Tensor | None = None,
-        ref_logp_BT: torch.Tensor | None = None,
-        micro_batch: int = 16,
-        with_entropy: bool = True,
-    ) -> StepStats:
-        """One optimizer step on all rows of ``rollouts`` (the global batch).
+    def update(self, batch: TrainBatch, micro_batch: int = 16, with_entropy: bool = True) -> StepStats:
+        """One optimizer step on all rows of ``batch`` (the global batch).
 
-        ``old_logp_BT`` None means on-policy (ratio 1: old = current, detached).
-        Rows are split into micro-batches; under N processes each takes every N-th
-        micro-batch. NaN/inf loss or gradient skips the step (``skipped=True``).
+        Rows are split into micro-batches of ``micro_batch``; under N processes each
+        takes every N-th one. Each micro-batch's loss is the objective
+        ``loss.objective`` names, of the model's scores of its response tokens
+        (with the full-vocabulary entropy when ``with_entropy`` or the entropy bonus
+        asks for it). NaN/inf loss or gradient skips the step (``skipped=True``).
         """
         from warmstart.scoring import score_rollouts
 
         cfg = self.loss_cfg
-        mask_BT = rollouts.response_mask_BT
-        B = mask_BT.shape[0]
+        objective = losses.get("objectives", cfg.objective)
+        mask_BT = batch.mask_BT
+        B = batch.num_rows
         total_tokens = int(mask_BT.sum())  # global: every process holds the global batch
-        n_seqs = int((mask_BT.sum(1) > 0).sum())
-        denom = total_tokens if cfg.agg == "token-mean" else n_seqs
+        denom = losses.aggregation_denom(cfg.agg, mask_BT)
         starts = list(range(0, B, micro_batch))[self.rank :: self.world_size]
         lr = self._set_lr()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        sums = {"pg": 0.0, "kl": 0.0, "ent": 0.0, "clip": 0.0, "loss": 0.0}
+        # every process sums the same keys, with or without a micro-batch of its own
+        sums = dict.fromkeys(("loss", "ent", *losses.OBJECTIVE_STATS), 0.0)
         bad = False
         for s in starts:
-            rows = list(range(s, min(B, s + micro_batch)))
-            mb = rollouts.select(rows)
-            m_BT = mask_BT[rows]
+            mb = batch.select(list(range(s, min(B, s + micro_batch))))
             # entropy of the trained tokens is logged when asked for; the bonus needs it
             need_entropy = with_entropy or cfg.entropy_coef > 0
-            scores = score_rollouts(self.model, mb, with_entropy=need_entropy, grad=True)
-            logp_BT = scores.logp_BT
-            old = logp_BT.detach() if old_logp_BT is None else old_logp_BT[rows]
-            pg, st = losses.policy_gradient_loss(
-                logp_BT,
-                old,
-                adv_BT[rows],
-                m_BT,
-                loss=cfg.policy_loss,
-                agg=cfg.agg,
-                clip_low=cfg.clip_low,
-                clip_high=cfg.clip_high,
-                dual_clip=cfg.dual_clip,
-                norm=cfg.norm,
-                denom=denom,
-            )
-            total = pg
-            n_tok = int(m_BT.sum())
-            if cfg.kl_coef > 0:
-                if ref_logp_BT is None:
-                    raise ValueError("kl_coef > 0 needs ref_logp_BT")
-                kl_BT = losses.get("kl_estimators", cfg.kl_estimator)(logp_BT, ref_logp_BT[rows])
-                kl = losses.get("aggregations", cfg.agg)(kl_BT, m_BT, norm=cfg.norm, denom=denom)
-                total = total + cfg.kl_coef * kl
-                sums["kl"] += float(kl.detach())
-            ent_BT = scores.entropy_BT
-            if cfg.entropy_coef > 0:
-                total = total + losses.entropy_bonus(
-                    ent_BT, m_BT, cfg.entropy_coef, cfg.agg, norm=cfg.norm, denom=denom
+            scores = score_rollouts(self.model, mb.rollouts, with_entropy=need_entropy, grad=True)
+            total, terms = objective(mb, scores, cfg, denom)
+            unknown = sorted(set(terms) - set(losses.OBJECTIVE_STATS))
+            if unknown:
+                raise ValueError(
+                    f"objective {cfg.objective!r} returned stats {unknown}; "
+                    f"valid: {list(losses.OBJECTIVE_STATS)}"
                 )
             if not torch.isfinite(total):
                 bad = True
                 break
             total.backward()
-            sums["pg"] += float(pg.detach())
             sums["loss"] += float(total.detach())
-            if ent_BT is not None:
-                sums["ent"] += float((ent_BT.detach() * m_BT).sum())
-            sums["clip"] += st["clip_frac"] * n_tok
+            for k, v in terms.items():
+                sums[k] += v
+            if scores.entropy_BT is not None:
+                sums["ent"] += float((scores.entropy_BT.detach() * mb.mask_BT).sum())
         grad_norm = float("nan")
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if self.world_size > 1:
@@ -338,10 +306,10 @@ class Trainer:
         tok = max(1, total_tokens)
         return StepStats(
             loss=sums["loss"],
-            pg_loss=sums["pg"],
+            pg_loss=sums["pg_loss"],
             grad_norm=grad_norm,
             lr=lr,
-            clip_frac=sums["clip"] / tok,
+            clip_frac=sums["clipped_tokens"] / tok,
             num_tokens=total_tokens,
             entropy=sums["ent"] / tok,
             kl=sums["kl"],
@@ -437,6 +405,17 @@ class RunDir:
             self._tb.close()
             self._tb = None
 
+    def save_model(self, policy, name: str) -> Path:
+        """The policy's model and processor, HF format, into ``<root>/<name>`` (atomically; rank 0)."""
+        return save_model_atomic(policy.model, policy.processor, self.root / name)
+
+    def finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Write the stage's ``result.json`` (rank 0), close the logs, and hand ``result`` back."""
+        if is_main_process():
+            atomic_write_text(self.root / "result.json", json.dumps(result, indent=2))
+        self.close()
+        return result
+
     # checkpoints
     def checkpoint_dir(self, step: int) -> Path:
         return self.root / "checkpoints" / f"step_{step:06d}"
@@ -467,34 +446,20 @@ class RunDir:
 
 
 def save_model_atomic(model, processor, dest: Path, extra_files: dict[str, Any] | None = None) -> Path:
-    """``save_pretrained`` into a temp dir beside ``dest``, then rename over it."""
+    """``save_pretrained`` (model, processor, ``extra_files`` via ``torch.save``) into ``dest`` atomically."""
     from warmstart.models.load import quiet_transformers
 
     quiet_transformers()
     dest = Path(dest)
     if not is_main_process():
         return dest
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    if processor is not None:
-        processor.save_pretrained(tmp)
-    for name, obj in (extra_files or {}).items():
-        torch.save(obj, tmp / name)
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(dest) as tmp:
+        model.save_pretrained(tmp)
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        for name, obj in (extra_files or {}).items():
+            torch.save(obj, tmp / name)
     return dest
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _jsonable(v: Any) -> Any:
@@ -526,6 +491,17 @@ class Timer:
                 timer.t[name] = timer.t.get(name, 0.0) + time.perf_counter() - self.t0
 
         return _Section()
+
+
+def require_set(cfg: Any, stage: str, *names: str) -> None:
+    """Raise a ConfigError naming the fields of ``cfg`` among ``names`` that are empty.
+
+    Stage configs default ``init``/``data``/``teacher`` to "" so a study can parse a
+    stage table without them; a stage checks them here when it starts.
+    """
+    missing = [n for n in names if not getattr(cfg, n)]
+    if missing:
+        raise ConfigError(f"{stage}: {', '.join(missing)} must be set (empty in its config)")
 
 
 def open_training(

@@ -17,7 +17,7 @@ def main() -> None:
     from warmstart.data.loaders import load_problems
     from warmstart.models import load_policy
     from warmstart.stages.common import teacher_forced
-    from warmstart.train import LossConfig, OptimConfig, Trainer
+    from warmstart.train import LossConfig, OptimConfig, TrainBatch, Trainer
 
     model_dir, data_dir, out = sys.argv[1:4]
     acc = Accelerator(cpu=True)
@@ -25,9 +25,9 @@ def main() -> None:
     for p in pol.model.parameters():
         p.requires_grad_(True)
     probs = load_problems(data_dir, split="train").problems[:8]
-    batch = teacher_forced(probs, [p.rationale for p in probs], pol.processor)
+    tf = teacher_forced(probs, [p.rationale for p in probs], pol.processor)
     # per-row advantages of both signs so the update is not plain SFT
-    adv_BT = torch.linspace(-1, 1, 8)[:, None].expand(batch.response_mask_BT.shape).contiguous()
+    adv_BT = torch.linspace(-1, 1, 8)[:, None].expand(tf.response_mask_BT.shape).contiguous()
     trainer = Trainer(
         pol.model,
         OptimConfig(lr=1e-3, grad_clip=1.0),
@@ -35,7 +35,8 @@ def main() -> None:
         total_steps=1,
         accelerator=acc if acc.num_processes > 1 else None,
     )
-    stats = trainer.update(batch, adv_BT, micro_batch=4, with_entropy=True)  # 2 micro-batches: one per rank
+    # 2 micro-batches: one per rank
+    stats = trainer.update(TrainBatch(tf, adv_BT), micro_batch=4, with_entropy=True)
     if acc.process_index == 0:
         torch.save(
             {

@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 from warmstart.config import ConfigError, from_dict
 from warmstart.data.loaders import load_problems
 from warmstart.models import load_policy
-from warmstart.rollout import SamplingParams, sample
+from warmstart.rollout import SamplingParams
+from warmstart.sampler import RolloutConfig, make_sampler
 from warmstart.stages.grpo import GRPOConfig, combine_reward, train_grpo
-from warmstart.train import LossConfig, OptimConfig, Trainer
+from warmstart.train import LossConfig, OptimConfig, TrainBatch, Trainer
 
 from .crash import run_full_then_killed_and_resumed
 
@@ -56,7 +57,8 @@ def test_one_update_changes_every_trainable_parameter(toy_dir, synth_dir):
     for p in pol.model.parameters():
         p.requires_grad_(True)
     probs = load_problems(synth_dir, split="train").problems[:4]
-    ro = sample(pol.model, pol.processor, probs, SamplingParams(n=4, max_new_tokens=8, seed=0))
+    sampler = make_sampler(RolloutConfig(), pol.model, pol.processor)
+    ro = sampler.sample(probs, SamplingParams(n=4, max_new_tokens=8, seed=0))
     before = {n: p.detach().clone() for n, p in pol.model.named_parameters()}
     adv_BT = (
         torch.randn(ro.response_mask_BT.shape[0], 1, generator=torch.Generator().manual_seed(0))
@@ -64,7 +66,7 @@ def test_one_update_changes_every_trainable_parameter(toy_dir, synth_dir):
         .contiguous()
     )
     st = Trainer(pol.model, OptimConfig(lr=1e-3), LossConfig(), total_steps=1).update(
-        ro, adv_BT, micro_batch=8
+        TrainBatch(ro, adv_BT), micro_batch=8
     )
     assert not st.skipped and st.grad_norm > 0
     unchanged = [n for n, p in pol.model.named_parameters() if torch.equal(p, before[n])]

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from warmstart import losses
 from warmstart.config import from_dict
 from warmstart.models import load_policy
-from warmstart.rollout import SamplingParams, sample
+from warmstart.rollout import SamplingParams
+from warmstart.sampler import RolloutConfig, make_sampler
 from warmstart.scoring import score_rollouts
 from warmstart.stages.opd import OPDConfig, train_opd
 from warmstart.teacher import InProcessScorer
@@ -38,7 +39,9 @@ def test_teacher_equal_to_student_gives_zero_advantage_and_no_update(toy_dir, sy
     from warmstart.data.loaders import load_problems
 
     probs = load_problems(synth_dir, split="train").problems[:3]
-    ro = sample(pol.model, pol.processor, probs, SamplingParams(n=2, max_new_tokens=10, seed=1))
+    ro = make_sampler(RolloutConfig(), pol.model, pol.processor).sample(
+        probs, SamplingParams(n=2, max_new_tokens=10, seed=1)
+    )
     s = score_rollouts(pol.model, ro)
     t = InProcessScorer(load_policy(toy_dir).model).score(ro)
     adv = losses.reverse_kl_advantage(s.logp_BT, t.logp_BT, ro.response_mask_BT)
@@ -66,8 +69,7 @@ def _exact_reverse_kl(student, teacher, ro) -> float:
             teacher(**fs.model_inputs(), use_cache=False).logits[:, P - 1 : -1].float(), -1
         )
     kl_BT = (ls.exp() * (ls - lt)).sum(-1)
-    m = ro.response_mask_BT
-    return float((kl_BT * m).sum() / m.sum())
+    return float(losses.masked_mean(kl_BT, ro.response_mask_BT))
 
 
 def test_opd_lowers_reverse_kl_to_a_fixed_teacher(toy_dir, synth_dir, tmp_path):
@@ -89,7 +91,9 @@ def test_opd_lowers_reverse_kl_to_a_fixed_teacher(toy_dir, synth_dir, tmp_path):
     assert len(rkl) == 20 and all(v > 0 for v in rkl)
     # exact (full-vocabulary) reverse KL on fixed held-out contexts, before vs after
     probe = load_problems(synth_dir, split="validation").problems[:6]
-    ro = sample(pol.model, pol.processor, probe, SamplingParams(n=2, max_new_tokens=12, seed=5))
+    ro = make_sampler(RolloutConfig(), pol.model, pol.processor).sample(
+        probe, SamplingParams(n=2, max_new_tokens=12, seed=5)
+    )
     before = _exact_reverse_kl(pol.model, teacher, ro)
     after = _exact_reverse_kl(load_policy(res["model"]).model, teacher, ro)
     assert after < 0.8 * before, (before, after)

@@ -73,6 +73,26 @@ class Policy:
         return self.processor.tokenizer
 
 
+def unwrap_model(model: Any) -> Any:
+    """The transformers ``...ForConditionalGeneration`` inside peft / ``.module`` wrappers.
+
+    peft's ``PeftModel`` forwards attribute lookups, so ``peft_model.model`` would be
+    the LoRA wrapper's inner *CausalLM*, not the base ``Qwen2_5_VLModel``: unwrap
+    explicitly. The LoRA layers stay injected in the unwrapped modules, so it still
+    computes the adapted function. DistributedDataParallel / accelerate-style wrappers
+    keep the model in ``.module``; calling that bypasses DDP's forward hook, so use the
+    unwrapped model only where gradients are not synchronised by DDP.
+    """
+    for _ in range(8):
+        inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+        if inner is model and isinstance(getattr(model, "module", None), torch.nn.Module):
+            inner = model.module
+        if inner is model:
+            break
+        model = inner
+    return model
+
+
 def _model_class(model_type: str):
     from transformers import (
         AutoModelForImageTextToText,

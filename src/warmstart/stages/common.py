@@ -7,11 +7,15 @@ import logging
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from warmstart.data.schema import Problem
+
+if TYPE_CHECKING:
+    from warmstart.sampler import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -67,34 +71,34 @@ def teacher_forced(problems: Sequence[Problem], responses: Sequence[str], proces
 
 @torch.no_grad()
 def greedy_accuracy(
-    model, processor, problems: Sequence[Problem], max_new_tokens: int, batch_size: int = 64
+    sampler: Sampler, problems: Sequence[Problem], max_new_tokens: int, batch_size: int = 64
 ) -> float:
-    """Greedy (temperature 0) accuracy on ``problems``."""
-    from warmstart.grading import grade
-    from warmstart.rollout import SamplingParams, sample
+    """Greedy (temperature 0) accuracy on ``problems``, decoded by ``sampler``.
 
-    model.eval()
+    The sampler puts its model in eval mode while it samples (no dropout), and gives
+    the caller's mode back.
+    """
+    from warmstart.grading import grade
+    from warmstart.rollout import SamplingParams
+
     correct = 0
     for s in range(0, len(problems), batch_size):
         chunk = list(problems[s : s + batch_size])
-        ro = sample(model, processor, chunk, SamplingParams(n=1, greedy=True, max_new_tokens=max_new_tokens))
+        ro = sampler.sample(chunk, SamplingParams(n=1, greedy=True, max_new_tokens=max_new_tokens))
         correct += sum(grade(t, p).correct for t, p in zip(ro.texts_B, chunk))
     return correct / max(1, len(problems))
 
 
 @torch.no_grad()
 def sampled_entropy(
-    model, processor, problems: Sequence[Problem], max_new_tokens: int, seed: int = 0, batch_size: int = 64
+    sampler: Sampler, problems: Sequence[Problem], max_new_tokens: int, seed: int = 0, batch_size: int = 64
 ) -> float:
     """Policy entropy (DESIGN.md): token mean of the full-vocabulary entropy of one T=1 sample per problem."""
-    from warmstart.rollout import SamplingParams, sample
+    from warmstart.rollout import SamplingParams
 
-    model.eval()
     tot, n = 0.0, 0
     for s in range(0, len(problems), batch_size):
-        ro = sample(
-            model,
-            processor,
+        ro = sampler.sample(
             list(problems[s : s + batch_size]),
             SamplingParams(n=1, temperature=1.0, max_new_tokens=max_new_tokens, seed=seed + s),
         )
@@ -128,30 +132,35 @@ def load_split(data: str, split: str, limit: int | None = None) -> list[Problem]
     return problems[:limit] if limit else problems
 
 
+def progress_columns(description: str = "{task.description}") -> list:
+    """The columns of every progress display: name, bar, done/total, elapsed, eta."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return [
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    ]
+
+
 @contextmanager
 def progress(description: str, total: int, start: int = 0, enabled: bool = True):
     """A rich progress bar; yields ``update(advance=1, **fields)`` that also shows live fields."""
     if not enabled:
         yield lambda advance=1, **fields: None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import Progress, TextColumn
 
-    cols = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-    ]
+    cols = [*progress_columns("[bold]{task.description}"), TextColumn("{task.fields[info]}")]
     with Progress(*cols, transient=False) as prog:
         task = prog.add_task(description, total=total, completed=start, info="")
 

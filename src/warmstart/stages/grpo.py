@@ -19,6 +19,7 @@ import torch
 
 from warmstart import losses
 from warmstart.config import ConfigError
+from warmstart.sampler import RolloutConfig, make_sampler
 from warmstart.stages.common import (
     add_config_arguments,
     batch_indices,
@@ -31,9 +32,9 @@ from warmstart.train import (
     OptimConfig,
     RunDir,
     Timer,
-    atomic_write_text,
+    TrainBatch,
     open_training,
-    save_model_atomic,
+    require_set,
     step_seed,
 )
 
@@ -47,8 +48,8 @@ class GRPOConfig:
     """Stage-2 GRPO.
 
     Attributes:
-        init: warm-start checkpoint to start from (``--init`` overrides).
-        data: problem data (path understood by ``load_problems``).
+        init: warm-start checkpoint to start from (``--init`` overrides); must be set when the stage runs.
+        data: problem data (path understood by ``load_problems``); must be set when the stage runs.
         out_dir: run directory.
         train_split: split with the training prompts.
         steps: rollout steps (each = one batch of prompts, sampled once).
@@ -75,6 +76,7 @@ class GRPOConfig:
         checkpoint_every: save a resumable checkpoint every N steps.
         seed: seed of prompt order and sampling.
         optim: optimizer and schedule.
+        rollout: the sampler of the rollouts.
     """
 
     init: str = ""
@@ -103,6 +105,7 @@ class GRPOConfig:
     checkpoint_every: int = 25
     seed: int = 0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     def validate(self) -> None:
         if self.reward not in REWARDS:
@@ -128,10 +131,10 @@ def combine_reward(name: str, accuracy: float, fmt: float) -> float:
     raise ValueError(f"unknown reward {name!r}; valid: {list(REWARDS)}")
 
 
-def _sample_groups(policy, problems, cfg: GRPOConfig, step: int):
-    """Sample and grade one step's groups (with dynamic-sampling refills). Returns (rollouts, rewards_GN, acc_GN, fmt_GN, stats)."""
+def _sample_groups(sampler, problems, cfg: GRPOConfig, step: int):
+    """Sample and grade one step's groups (with dynamic-sampling refills). Returns (rollouts, rewards_GN, stats)."""
     from warmstart.grading import grade
-    from warmstart.rollout import Rollouts, SamplingParams, sample
+    from warmstart.rollout import Rollouts, SamplingParams
 
     kept, rewards, accs, fmts = [], [], [], []
     seen_groups = equal_groups = 0
@@ -151,7 +154,7 @@ def _sample_groups(policy, problems, cfg: GRPOConfig, step: int):
             max_new_tokens=cfg.max_new_tokens,
             seed=step_seed(cfg.seed, step, refill),
         )
-        ro = sample(policy.model, policy.processor, chunk, params)
+        ro = sampler.sample(chunk, params)
         g = [grade(t, chunk[int(q)]) for t, q in zip(ro.texts_B, ro.prompt_index_B)]
         acc = torch.tensor([float(x.correct) for x in g]).view(-1, cfg.n)
         fmt = torch.tensor([float(x.format_ok) for x in g]).view(-1, cfg.n)
@@ -196,21 +199,21 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, show_progress: bool = True
     from warmstart.models import load_policy
     from warmstart.scoring import score_rollouts
 
-    if not cfg.init or not cfg.data:
-        raise ConfigError("grpo needs init (--init) and data")
+    require_set(cfg, "grpo", "init", "data")
     run = RunDir(cfg.out_dir, "grpo")
     run.write_config(cfg)
     problems = load_split(cfg.data, cfg.train_split)
     total_updates = cfg.steps * cfg.update_epochs * cfg.mini_batches
     policy, trainer, extra = open_training(run, cfg.init, resume, cfg.optim, cfg.loss, total_updates)
     ref = load_policy(cfg.init) if cfg.loss.kl_coef > 0 else None  # frozen reference only when used
+    sampler = make_sampler(cfg.rollout, policy.model, policy.processor)
     step = extra.get("rollout_step", 0)
     with progress("grpo", cfg.steps, step, show_progress) as bar:
         while step < cfg.steps:
             timer = Timer()
             with timer("rollout"):
                 policy.model.eval()
-                ro, rewards_GN, stats = _sample_groups(policy, problems, cfg, step)
+                ro, rewards_GN, stats = _sample_groups(sampler, problems, cfg, step)
             row = dict(stats)
             if ro is None:  # every group all-equal even after refills: nothing to learn from
                 step += 1
@@ -218,8 +221,8 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, show_progress: bool = True
                 bar(1, reward=row["reward_mean"])
                 continue
             mask_BT = ro.response_mask_BT.clone()
-            row["entropy"] = float((ro.entropy_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1))
-            row["neg_logp"] = float(-(ro.logp_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1))
+            row["entropy"] = float(losses.masked_mean(ro.entropy_BT, mask_BT))
+            row["neg_logp"] = float(-losses.masked_mean(ro.logp_BT, mask_BT))
             row["response_len"] = float(mask_BT.sum(1).float().mean())
             row["truncated_frac"] = sum(r == "length" for r in ro.finish_reason_B) / len(ro.finish_reason_B)
             if cfg.overlong == "filter":
@@ -227,15 +230,20 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, show_progress: bool = True
                 mask_BT[trunc] = False
                 ro.response_mask_BT = mask_BT
             adv_B = losses.get("advantages", cfg.advantage)(rewards_GN, cfg.adv_eps).reshape(-1)
-            adv_BT = adv_B[:, None].expand_as(mask_BT).float()
             with timer("scoring"):
                 n_updates = cfg.update_epochs * cfg.mini_batches
-                # old log-probs only matter when the batch is reused (ratio != 1 afterwards)
-                old_BT = (
-                    score_rollouts(policy.model, ro, with_entropy=False).logp_BT if n_updates > 1 else None
-                )
-                ref_BT = (
-                    score_rollouts(ref.model, ro, with_entropy=False).logp_BT if ref is not None else None
+                batch = TrainBatch(
+                    ro,
+                    adv_B[:, None].expand_as(mask_BT).float(),
+                    # old log-probs only matter when the batch is reused (ratio != 1 afterwards)
+                    old_logp_BT=(
+                        score_rollouts(policy.model, ro, with_entropy=False).logp_BT
+                        if n_updates > 1
+                        else None
+                    ),
+                    ref_logp_BT=(
+                        score_rollouts(ref.model, ro, with_entropy=False).logp_BT if ref is not None else None
+                    ),
                 )
             with timer("update"):
                 B = mask_BT.shape[0]
@@ -251,15 +259,10 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, show_progress: bool = True
                     )
                     for m in range(cfg.mini_batches):
                         rows = order[m * per : (m + 1) * per].tolist()
-                        sub = ro.select(rows)
                         st = trainer.update(
-                            sub,
-                            adv_BT[rows],
-                            None if old_BT is None else old_BT[rows],
-                            None if ref_BT is None else ref_BT[rows],
-                            micro_batch=cfg.micro_batch,
-                            with_entropy=False,
+                            batch.select(rows), micro_batch=cfg.micro_batch, with_entropy=False
                         )
+                        sampler.sync_weights(policy.model)
                         agg_stats.append(st)
             if trainer.bad_steps_in_a_row >= cfg.max_bad_steps:
                 raise RuntimeError(
@@ -282,11 +285,9 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, show_progress: bool = True
             bar(1, reward=row["reward_mean"], entropy=row["entropy"])
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 run.save_checkpoint(trainer, policy.processor, extra={"rollout_step": step, "log_step": step})
-    save_model_atomic(policy.model, policy.processor, run.root / "final")
+    run.save_model(policy, "final")
     result = {"steps": step, "model": str(run.root / "final"), "init": cfg.init}
-    atomic_write_text(run.root / "result.json", json.dumps(result, indent=2))
-    run.close()
-    return result
+    return run.finish(result)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

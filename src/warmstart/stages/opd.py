@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from warmstart import losses
 from warmstart.config import ConfigError
+from warmstart.sampler import RolloutConfig, make_sampler
 from warmstart.stages.common import (
     add_config_arguments,
     batch_indices,
@@ -33,9 +34,9 @@ from warmstart.train import (
     OptimConfig,
     RunDir,
     Timer,
-    atomic_write_text,
+    TrainBatch,
     open_training,
-    save_model_atomic,
+    require_set,
     step_seed,
 )
 
@@ -47,11 +48,11 @@ class OPDConfig:
     """Stage-1 on-policy distillation.
 
     Attributes:
-        init: student checkpoint to start from.
+        init: student checkpoint to start from; must be set when the stage runs.
         teacher: teacher checkpoint directory, or an ``http://`` URL of an OpenAI-compatible
-            server with ``prompt_logprobs`` (vLLM, or ``warmstart serve``).
+            server with ``prompt_logprobs`` (vLLM, or ``warmstart serve``); must be set when the stage runs.
         teacher_model: model name sent to a remote teacher (``None``: the server's only model).
-        data: problem data (path understood by ``load_problems``).
+        data: problem data (path understood by ``load_problems``); must be set when the stage runs.
         out_dir: run directory.
         train_split: split with the training prompts.
         val_split: split used for the periodic greedy validation.
@@ -68,11 +69,12 @@ class OPDConfig:
         seed: seed of prompt order and sampling.
         loss: clipping/aggregation of the policy-gradient loss (KL-to-reference is unused here).
         optim: optimizer and schedule.
+        rollout: the sampler of the student's rollouts and of greedy validation.
     """
 
-    init: str
-    teacher: str
-    data: str
+    init: str = ""
+    teacher: str = ""
+    data: str = ""
     teacher_model: str | None = None
     out_dir: str = "runs/opd"
     train_split: str = "train"
@@ -90,6 +92,7 @@ class OPDConfig:
     seed: int = 0
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     def validate(self) -> None:
         if self.n < 1 or self.prompts_per_step < 1:
@@ -116,9 +119,10 @@ def make_teacher(cfg: OPDConfig, student_tokenizer=None):
 def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, teacher=None) -> dict:
     """Run OPD; returns the result dict also written to ``<out_dir>/result.json``."""
     from warmstart.grading import grade
-    from warmstart.rollout import SamplingParams, sample
+    from warmstart.rollout import SamplingParams
     from warmstart.scoring import score_rollouts
 
+    require_set(cfg, "opd", "init", "teacher", "data")
     run = RunDir(cfg.out_dir, "opd")
     run.write_config(cfg)
     problems = load_split(cfg.data, cfg.train_split)
@@ -127,6 +131,7 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
         run, cfg.init, resume, cfg.optim, cfg.loss, cfg.steps * cfg.update_epochs
     )
     teacher = teacher or make_teacher(cfg, policy.processor.tokenizer)
+    sampler = make_sampler(cfg.rollout, policy.model, policy.processor)
     step = extra.get("rollout_step", 0)
     with progress("opd", cfg.steps, step, show_progress) as bar:
         while step < cfg.steps:
@@ -135,9 +140,7 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
             chunk = [problems[i] for i in idx]
             with timer("rollout"):
                 policy.model.eval()
-                ro = sample(
-                    policy.model,
-                    policy.processor,
+                ro = sampler.sample(
                     chunk,
                     SamplingParams(
                         n=cfg.n,
@@ -150,18 +153,23 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
             with timer("scoring"):
                 student = score_rollouts(policy.model, ro, with_entropy=True)
                 t_logp_BT = teacher.score(ro).logp_BT
-            adv_BT = losses.reverse_kl_advantage(student.logp_BT, t_logp_BT, mask_BT)
-            ntok = mask_BT.sum().clamp(min=1)
+            batch = TrainBatch(
+                ro,
+                losses.reverse_kl_advantage(student.logp_BT, t_logp_BT, mask_BT),
+                # the ratio only moves from 1 when the batch is reused
+                old_logp_BT=student.logp_BT if cfg.update_epochs > 1 else None,
+                teacher_logp_BT=t_logp_BT,
+            )
             with timer("update"):
                 for _epoch in range(cfg.update_epochs):
-                    old = student.logp_BT if cfg.update_epochs > 1 else None
-                    st = trainer.update(ro, adv_BT, old, micro_batch=cfg.micro_batch, with_entropy=False)
+                    st = trainer.update(batch, micro_batch=cfg.micro_batch, with_entropy=False)
+                    sampler.sync_weights(policy.model)
             step += 1
             g = [grade(t, chunk[int(q)]) for t, q in zip(ro.texts_B, ro.prompt_index_B)]
             row = {
-                "reverse_kl": float(((student.logp_BT - t_logp_BT) * mask_BT).sum() / ntok),
-                "entropy": float((student.entropy_BT * mask_BT).sum() / ntok),
-                "neg_logp": float(-(student.logp_BT * mask_BT).sum() / ntok),
+                "reverse_kl": float(losses.masked_mean(student.logp_BT - t_logp_BT, mask_BT)),
+                "entropy": float(losses.masked_mean(student.entropy_BT, mask_BT)),
+                "neg_logp": float(-losses.masked_mean(student.logp_BT, mask_BT)),
                 "accuracy": sum(x.correct for x in g) / len(g),
                 "reward_mean": sum(x.correct for x in g) / len(g),
                 "format_rate": sum(x.format_ok for x in g) / len(g),
@@ -176,18 +184,16 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
                 "step_time_s": sum(timer.t.values()),
             }
             if cfg.eval_every and step % cfg.eval_every == 0:
-                row["val_accuracy"] = greedy_accuracy(policy.model, policy.processor, val, cfg.max_new_tokens)
+                row["val_accuracy"] = greedy_accuracy(sampler, val, cfg.max_new_tokens)
             run.log(step, **row)
             bar(1, rkl=row["reverse_kl"], entropy=row["entropy"])
             if trainer.bad_steps_in_a_row >= 5:
                 raise RuntimeError(f"opd: non-finite updates 5 steps in a row at step {step}; aborting")
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 run.save_checkpoint(trainer, policy.processor, extra={"rollout_step": step, "log_step": step})
-    save_model_atomic(policy.model, policy.processor, run.root / "final")
+    run.save_model(policy, "final")
     result = {"steps": step, "model": str(run.root / "final"), "teacher": cfg.teacher}
-    atomic_write_text(run.root / "result.json", json.dumps(result, indent=2))
-    run.close()
-    return result
+    return run.finish(result)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from warmstart.config import ConfigError, from_dict, to_dict
+from warmstart.sampler import RolloutConfig
 from warmstart.stages.common import add_config_arguments, config_from_args, load_split
-from warmstart.train import OptimConfig
+from warmstart.train import OptimConfig, require_set
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class PretrainConfig:
     """Stage-0 pretraining of a toy model.
 
     Attributes:
-        data: the synthetic world (a warmstart-jsonl directory).
+        data: the synthetic world (a warmstart-jsonl directory); must be set when the stage runs.
         out_dir: run directory; the trained model ends up in ``<out_dir>/final``.
         size: toy size name (``xs``, ``s``, ``m``; see ``warmstart.models.toy.SIZES``).
         init_seed: seed of the random initialisation.
@@ -44,9 +45,10 @@ class PretrainConfig:
         max_new_tokens: generation length for validation.
         seed: seed of data order.
         optim: optimizer and schedule.
+        rollout: the sampler of greedy validation (passed to the SFT loop).
     """
 
-    data: str
+    data: str = ""
     out_dir: str = "runs/pretrain"
     size: str = "s"
     init_seed: int = 0
@@ -65,6 +67,7 @@ class PretrainConfig:
             lr=2e-3, warmup_steps=20, schedule="cosine", vision_lr_mult=3.0, grad_clip=1.0
         )
     )
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     def validate(self) -> None:
         from warmstart.models.toy import SIZES
@@ -78,6 +81,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, show_progress: bool = Tr
     from warmstart.models.toy import save_toy
     from warmstart.stages.sft import SFTConfig, train_sft
 
+    require_set(cfg, "pretrain", "data")
     out = Path(cfg.out_dir)
     init = out / "init"
     if not (init / "config.json").exists():
@@ -115,6 +119,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, show_progress: bool = Tr
             "checkpoint_every": max(cfg.eval_every, 50),
             "seed": cfg.seed,
             "optim": to_dict(cfg.optim),
+            "rollout": to_dict(cfg.rollout),
             "over_multiple": 1.0,
             "families": list(cfg.families),
         },

@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 
 from warmstart.config import ConfigError
+from warmstart.sampler import RolloutConfig, make_sampler
 from warmstart.stages.common import (
     add_config_arguments,
     batch_indices,
@@ -40,9 +41,9 @@ from warmstart.train import (
     LossConfig,
     OptimConfig,
     RunDir,
-    atomic_write_text,
+    TrainBatch,
     open_training,
-    save_model_atomic,
+    require_set,
 )
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,8 @@ class SFTConfig:
     """Stage-1 SFT.
 
     Attributes:
-        init: model to start from (checkpoint directory or hub id).
-        data: problem data (path understood by ``load_problems``).
+        init: model to start from (checkpoint directory or hub id); must be set when the stage runs.
+        data: problem data (path understood by ``load_problems``); must be set when the stage runs.
         out_dir: run directory.
         arm: ``early`` (stop at the best validation) or ``over`` (run to ``over_multiple`` x the best step).
         train_split: split with the training problems.
@@ -65,7 +66,8 @@ class SFTConfig:
         val_problems: number of validation problems used (first N; 0 = all).
         solutions: ``reference`` (the data set's rationales) or ``teacher`` (rationales sampled
             from ``teacher``, kept when they grade correct).
-        teacher: teacher checkpoint for ``solutions = "teacher"``.
+        teacher: teacher checkpoint (or ``http://`` URL of an OpenAI-compatible server) for
+            ``solutions = "teacher"``, where it must be set.
         teacher_samples: samples per problem drawn from the teacher.
         teacher_temperature: sampling temperature for teacher rationales.
         max_steps: hard cap on optimizer steps (the early arm usually stops before).
@@ -79,10 +81,11 @@ class SFTConfig:
         checkpoint_every: save a resumable checkpoint every N steps.
         seed: seed of data order and sampling.
         optim: optimizer and schedule.
+        rollout: the sampler of validation decoding and of in-process teacher rationales.
     """
 
-    init: str
-    data: str
+    init: str = ""
+    data: str = ""
     out_dir: str = "runs/sft"
     arm: Literal["early", "over"] = "early"
     train_split: str = "train"
@@ -104,10 +107,9 @@ class SFTConfig:
     checkpoint_every: int = 50
     seed: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     def validate(self) -> None:
-        if self.solutions == "teacher" and not self.teacher:
-            raise ConfigError("solutions = 'teacher' needs a teacher checkpoint")
         if self.over_multiple < 1:
             raise ConfigError("over_multiple must be >= 1")
         if self.eval_every <= 0 or self.batch_size <= 0 or self.micro_batch <= 0:
@@ -137,9 +139,10 @@ def teacher_solutions(cfg: SFTConfig, problems) -> tuple[list, list[str]]:
         samples = [(p, t, True) for p, ts in zip(problems, texts) for t in ts]
     else:
         from warmstart.models import load_policy
-        from warmstart.rollout import SamplingParams, sample
+        from warmstart.rollout import SamplingParams
 
         teacher = load_policy(cfg.teacher)
+        sampler = make_sampler(cfg.rollout, teacher.model, teacher.processor)
         for s in range(0, len(problems), 64):
             chunk = problems[s : s + 64]
             params = SamplingParams(
@@ -148,7 +151,7 @@ def teacher_solutions(cfg: SFTConfig, problems) -> tuple[list, list[str]]:
                 max_new_tokens=cfg.max_new_tokens,
                 seed=cfg.seed + s,
             )
-            ro = sample(teacher.model, teacher.processor, chunk, params)
+            ro = sampler.sample(chunk, params)
             samples += [
                 (chunk[int(q)], t, r == "stop")
                 for t, q, r in zip(ro.texts_B, ro.prompt_index_B, ro.finish_reason_B)
@@ -162,6 +165,9 @@ def teacher_solutions(cfg: SFTConfig, problems) -> tuple[list, list[str]]:
 
 def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, stage: str = "sft") -> dict:
     """Run SFT; returns the result dict also written to ``<out_dir>/result.json``."""
+    require_set(cfg, stage, "init", "data")
+    if cfg.solutions == "teacher" and not cfg.teacher:
+        raise ConfigError(f"{stage}: solutions = 'teacher' needs a teacher checkpoint (teacher is not set)")
     torch.manual_seed(cfg.seed)
     run = RunDir(cfg.out_dir, stage)
     run.write_config(cfg)
@@ -186,20 +192,21 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
     best = extra.get("best", {"step": 0, "acc": -1.0, "loss": float("inf")})
     bad_evals = extra.get("bad_evals", 0)
     stop_at = extra.get("stop_at", cfg.max_steps)
+    sampler = make_sampler(cfg.rollout, policy.model, policy.processor)
     if trainer.step == 0:  # validation of the init, so "best" can be the starting point
-        acc0 = greedy_accuracy(policy.model, policy.processor, val, cfg.max_new_tokens)
+        acc0 = greedy_accuracy(sampler, val, cfg.max_new_tokens)
         nll0 = teacher_forced_nll(policy.model, policy.processor, val)
-        ent0 = sampled_entropy(policy.model, policy.processor, val, cfg.max_new_tokens, seed=cfg.seed)
+        ent0 = sampled_entropy(sampler, val, cfg.max_new_tokens, seed=cfg.seed)
         run.log(0, val_accuracy=acc0, val_loss=nll0, entropy=ent0)
         best = {"step": 0, "acc": acc0, "loss": nll0}
-        save_model_atomic(policy.model, policy.processor, run.root / "best")
+        run.save_model(policy, "best")
     t0 = time.perf_counter()
     with progress(f"{stage}[{cfg.arm}]", stop_at, trainer.step, show_progress) as bar:
         while trainer.step < stop_at:
             idx = batch_indices(len(items_p), cfg.batch_size, trainer.step, cfg.seed)
-            batch = teacher_forced([items_p[i] for i in idx], [items_t[i] for i in idx], policy.processor)
-            adv_BT = torch.ones(batch.response_mask_BT.shape)
-            st = trainer.update(batch, adv_BT, micro_batch=cfg.micro_batch, with_entropy=False)
+            tf = teacher_forced([items_p[i] for i in idx], [items_t[i] for i in idx], policy.processor)
+            st = trainer.update(TrainBatch.supervised(tf), micro_batch=cfg.micro_batch, with_entropy=False)
+            sampler.sync_weights(policy.model)
             row = {
                 "loss": st.pg_loss,
                 "lr": st.lr,
@@ -209,10 +216,10 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
             }
             t0 = time.perf_counter()
             if trainer.step % cfg.eval_every == 0 or trainer.step == stop_at:
-                acc = greedy_accuracy(policy.model, policy.processor, val, cfg.max_new_tokens)
+                acc = greedy_accuracy(sampler, val, cfg.max_new_tokens)
                 nll = teacher_forced_nll(policy.model, policy.processor, val)
                 # policy entropy of T=1 samples on the validation prompts (the trajectory the study plots)
-                ent = sampled_entropy(policy.model, policy.processor, val, cfg.max_new_tokens, seed=cfg.seed)
+                ent = sampled_entropy(sampler, val, cfg.max_new_tokens, seed=cfg.seed)
                 row.update(val_accuracy=acc, val_loss=nll, entropy=ent)
                 # better = higher accuracy; ties broken by lower validation loss
                 if acc > best["acc"] + cfg.min_delta or (
@@ -220,7 +227,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
                 ):
                     best = {"step": trainer.step, "acc": acc, "loss": nll}
                     bad_evals = 0
-                    save_model_atomic(policy.model, policy.processor, run.root / "best")
+                    run.save_model(policy, "best")
                 else:
                     bad_evals += 1
                 if bad_evals >= cfg.patience and stop_at == cfg.max_steps:
@@ -241,7 +248,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
                     extra={"best": best, "bad_evals": bad_evals, "stop_at": stop_at},
                 )
     if cfg.arm == "over":
-        save_model_atomic(policy.model, policy.processor, run.root / "final")
+        run.save_model(policy, "final")
     result = {
         "arm": cfg.arm,
         "best_step": best["step"],
@@ -255,9 +262,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
         "val_split": cfg.val_split,
         "val_problems": len(val),
     }
-    atomic_write_text(run.root / "result.json", json.dumps(result, indent=2))
-    run.close()
-    return result
+    return run.finish(result)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
