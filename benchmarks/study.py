@@ -26,8 +26,6 @@ def group(steps: dict[str, float]) -> dict[str, float]:
             "data": "data",
             "student": "stage0",
             "teacher": "stage0",
-            "sft": "stage1",
-            "opd": "stage1",
             "report": "report",
         }.get(name, name.split(":")[0])
         stage = {"grpo": "stage2", "eval": "eval"}.get(stage, stage)

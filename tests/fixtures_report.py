@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from warmstart.evaluate_schema import (
+    DEFAULT_ARMS,
     SPLITS,
-    STAGE1_ARMS,
+    DecodingSettings,
     EvalResult,
-    EvalSettings,
     GreedyResult,
     ModelInfo,
     ProblemResult,
@@ -43,6 +43,8 @@ MODEL_TRAITS: dict[str, tuple[float, float, float]] = {
     "sft_over+grpo": (0.4, 3.0, 0.08),
     "opd+grpo": (0.8, 2.2, 0.25),
 }
+DEFAULT_TRAITS = (0.0, 1.0, 0.3)
+"""Traits of a model not listed above (an arm added by a test)."""
 
 
 def _response(
@@ -59,7 +61,7 @@ def make_problem_rows(
     model: str, split: str, P: int = 30, n: int = 8, seed: int = 0, with_entropy: bool = True
 ) -> list[ProblemResult]:
     """Per-problem rows of one model on one split (same problems and answers for every model of a split)."""
-    skill, sharp, ent = MODEL_TRAITS.get(model, (0.0, 1.0, 0.3))
+    skill, sharp, ent = MODEL_TRAITS.get(model, DEFAULT_TRAITS)
     split_rng = np.random.default_rng([seed, len(split)])  # problems depend on the split only
     difficulty = split_rng.normal(0.0, 1.0, size=P) + (0.7 if split == "ood" else 0.0)
     answers = [str(int(a)) for a in split_rng.integers(3, 60, size=P)]
@@ -110,7 +112,7 @@ def make_eval(
         model=ModelInfo(name=model, path=f"runs/fixture/models/{model}"),
         data_path="runs/fixture/data",
         split=split,
-        settings=EvalSettings(
+        settings=DecodingSettings(
             n=n, temperature=temperature, top_p=1.0, max_new_tokens=64, seed=seed, greedy=True
         ),
         per_problem=rows,
@@ -150,17 +152,28 @@ def write_run_dir(
     B: int = 500,
     skip: tuple[str, ...] = (),
     seed: int = 0,
+    arms: list[dict] | None = None,
 ) -> Path:
-    """A fake run directory in the documented layout; ``skip`` lists relative paths not to write."""
+    """A fake run directory in the documented layout; ``skip`` lists relative paths not to write.
+
+    ``arms`` (objects with ``name``, ``label``, ``method``, as the study writes them) are
+    written to ``study_config.json``; without it there is no such file (a run directory
+    from before arms were configurable) and the default arms are written.
+    """
     root = Path(root)
-    for model in study_models():
+    if arms is not None:
+        root.mkdir(parents=True, exist_ok=True)
+        config = {"name": "fixture", "arm": [{**a, "config": {}} for a in arms]}
+        (root / "study_config.json").write_text(json.dumps(config, indent=1))
+    names = [a["name"] for a in arms] if arms is not None else [name for name, _ in DEFAULT_ARMS]
+    for model in study_models(names):
         for split in SPLITS:
             rel = eval_relpath(model, split)
             if rel not in skip:
                 write_eval(root / rel, make_eval(model, split, P=P, n=n, seed=seed, B=B))
-    for i, arm in enumerate(STAGE1_ARMS):
-        _, _, ent1 = MODEL_TRAITS[arm]
-        _, _, ent2 = MODEL_TRAITS[stage2_model(arm)]
+    for i, arm in enumerate(names):
+        _, _, ent1 = MODEL_TRAITS.get(arm, DEFAULT_TRAITS)
+        _, _, ent2 = MODEL_TRAITS.get(stage2_model(arm), DEFAULT_TRAITS)
         rel1, rel2 = metrics_relpath(1, arm), metrics_relpath(2, arm)
         stage1 = "opd" if arm == "opd" else "sft"
         if rel1 not in skip:

@@ -61,8 +61,8 @@ def two_problems() -> list[S.ProblemResult]:
     return [p1, p2]
 
 
-def settings(n: int = 4, greedy: bool = True) -> S.EvalSettings:
-    return S.EvalSettings(n=n, temperature=1.0, top_p=1.0, max_new_tokens=64, seed=0, greedy=greedy)
+def settings(n: int = 4, greedy: bool = True) -> S.DecodingSettings:
+    return S.DecodingSettings(n=n, temperature=1.0, top_p=1.0, max_new_tokens=64, seed=0, greedy=greedy)
 
 
 def test_summarize_hand_computed_values():
@@ -254,7 +254,194 @@ def test_run_directory_names():
         "sft_over+grpo",
         "opd+grpo",
     ]
+    assert S.study_models(["a", "b"]) == ["base", "teacher", "a", "b", "a+grpo", "b+grpo"]
+    assert S.STAGE1_ARMS == tuple(name for name, _ in S.DEFAULT_ARMS) and S.REFERENCE_ARM == "sft_early"
+    assert (S.stage1_arm("opd+grpo"), S.stage1_arm("opd"), S.stage1_arm("base")) == ("opd", "opd", "base")
     assert S.eval_relpath("opd+grpo", "ood") == "eval/opd+grpo__ood.json"
     assert S.parse_eval_filename("opd+grpo__ood.json") == ("opd+grpo", "ood")
     assert S.parse_eval_filename("notes.json") is None
     assert S.metrics_relpath(2, "sft_over") == "stage2/sft_over/metrics.jsonl"
+
+
+# An eval file exactly as the code before the EvalSettings/DecodingSettings split wrote it.
+V1_FILE_BEFORE_SPLIT = r"""{
+ "schema": "warmstart.eval/v1",
+ "producer": "warmstart 0.1.0",
+ "created": "2025-01-01T00:00:00Z",
+ "model": {
+  "name": "opd",
+  "path": "runs/toy/stage1/opd/final"
+ },
+ "data": {
+  "path": "runs/toy/data",
+  "split": "validation",
+  "n_problems": 2,
+  "problem_ids": [
+   "a",
+   "b"
+  ]
+ },
+ "settings": {
+  "n": 2,
+  "temperature": 1.0,
+  "top_p": 0.9,
+  "max_new_tokens": 16,
+  "seed": 3,
+  "greedy": true
+ },
+ "bootstrap": {
+  "B": 20,
+  "seed": 3,
+  "alpha": 0.05
+ },
+ "per_problem": [
+  {
+   "id": "a",
+   "answer": "4",
+   "greedy": {
+    "text": "<think>x</think> \\boxed{4}",
+    "extracted": "4",
+    "correct": true,
+    "format_ok": true,
+    "length": 7,
+    "entropy_mean": 0.25
+   },
+   "samples": [
+    {
+     "extracted": "4",
+     "normalized": "4",
+     "correct": true,
+     "format_ok": true,
+     "length": 4,
+     "entropy_mean": 0.5,
+     "entropy_sum": 2.0
+    },
+    {
+     "extracted": null,
+     "normalized": "none",
+     "correct": false,
+     "format_ok": false,
+     "length": 2,
+     "entropy_mean": 1.5,
+     "entropy_sum": 3.0
+    }
+   ]
+  },
+  {
+   "id": "b",
+   "answer": "B",
+   "greedy": {
+    "text": "\\boxed{C}",
+    "extracted": "C",
+    "correct": false,
+    "format_ok": false,
+    "length": 3,
+    "entropy_mean": 0.125
+   },
+   "samples": [
+    {
+     "extracted": "B",
+     "normalized": "B",
+     "correct": true,
+     "format_ok": true,
+     "length": 5,
+     "entropy_mean": 0.25,
+     "entropy_sum": 1.25
+    },
+    {
+     "extracted": "C",
+     "normalized": "C",
+     "correct": false,
+     "format_ok": true,
+     "length": 1,
+     "entropy_mean": 0.75,
+     "entropy_sum": 0.75
+    }
+   ]
+  }
+ ],
+ "summary": {
+  "greedy_accuracy": {
+   "value": 0.5,
+   "lo": 0.0,
+   "hi": 1.0
+  },
+  "greedy_format_rate": {
+   "value": 0.5,
+   "lo": 0.0,
+   "hi": 1.0
+  },
+  "greedy_length_mean": {
+   "value": 5.0,
+   "lo": 3.0,
+   "hi": 7.0
+  },
+  "pass@1": {
+   "value": 0.5,
+   "lo": 0.5,
+   "hi": 0.5
+  },
+  "pass@2": {
+   "value": 1.0,
+   "lo": 1.0,
+   "hi": 1.0
+  },
+  "distinct_answers_mean": {
+   "value": 2.0,
+   "lo": 2.0,
+   "hi": 2.0
+  },
+  "answer_entropy_mean": {
+   "value": 0.6931471805599453,
+   "lo": 0.6931471805599453,
+   "hi": 0.6931471805599453
+  },
+  "entropy_token_mean": {
+   "value": 0.5833333333333334,
+   "lo": 0.3333333333333333,
+   "hi": 0.8333333333333334
+  },
+  "entropy_seq_mean": {
+   "value": 0.75,
+   "lo": 0.5,
+   "hi": 1.0
+  },
+  "response_length_mean": {
+   "value": 3.0,
+   "lo": 3.0,
+   "hi": 3.0
+  },
+  "format_rate": {
+   "value": 0.75,
+   "lo": 0.5,
+   "hi": 1.0
+  }
+ },
+ "teacher_forced_entropy": null
+}
+"""
+
+
+def test_a_file_in_the_v1_format_of_earlier_code_reads_and_rebuilds_to_the_same_bytes(tmp_path):
+    old = tmp_path / "opd__validation.json"
+    old.write_text(V1_FILE_BEFORE_SPLIT, encoding="utf-8")
+    ev = S.read_eval(old)
+    assert ev.settings == S.DecodingSettings(
+        n=2, temperature=1.0, top_p=0.9, max_new_tokens=16, seed=3, greedy=True
+    )
+    assert ev.summary["entropy_token_mean"].value == pytest.approx(
+        7.0 / 12.0
+    )  # (2 + 3 + 1.25 + 0.75) / 12 tokens
+    # the summary recomputed from the rows, and the file written again, are the same to the byte
+    rebuilt = S.build_eval(
+        model=ev.model,
+        data_path=ev.data.path,
+        split=ev.data.split,
+        settings=ev.settings,
+        per_problem=ev.per_problem,
+        B=ev.bootstrap.B,
+        seed=ev.bootstrap.seed,
+        created=ev.created,
+    )
+    rebuilt.producer = ev.producer
+    assert S.write_eval(tmp_path / "again.json", rebuilt).read_text(encoding="utf-8") == V1_FILE_BEFORE_SPLIT

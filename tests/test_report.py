@@ -8,6 +8,7 @@ are compared: the plots must be what differs, in the arms' colours.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -21,7 +22,17 @@ import pytest
 from fixtures_report import make_eval, write_run_dir
 from warmstart import cli
 from warmstart.evaluate_schema import paired_compare, read_eval, write_eval
-from warmstart.report import COLORS, build_report, format_interval, load_run
+from warmstart.report import (
+    PALETTE,
+    ArmInfo,
+    Figure,
+    Table,
+    build_report,
+    format_interval,
+    load_run,
+    make_report,
+    model_colors,
+)
 
 SKIPPED = ("eval/teacher__ood.json", "stage1/opd/metrics.jsonl")
 B = 500
@@ -135,11 +146,97 @@ def test_report_builds_from_an_empty_run_directory(tmp_path):
     run = load_run(tmp_path)
     text = Path(info["report_md"]).read_text()
     page = Path(info["report_html"])
-    assert info["plots"] == 0 and info["missing"] == 22
-    assert "- missing: eval/base__validation.json" in text and "- missing: stage2/opd/metrics.jsonl" in text
-    assert len(run.missing) == 16 + 6
+    # a bare folder has no arms (none in eval/ file names): only base and teacher are expected
+    assert run.arms == [] and info["plots"] == 0 and info["missing"] == 4
+    assert "- missing: eval/base__validation.json" in text and "- missing: eval/teacher__ood.json" in text
     assert "Accuracy plot: no eval files." in text
+    assert "validation: arm − reference arm: no Stage-1 arm in this run." in text
     assert "<img" not in page.read_text()
+
+
+def test_run_without_study_config_takes_its_arms_from_the_eval_file_names(report_run, tmp_path):
+    _, md, _, run = report_run
+    # today's three arms keep today's labels and order; a name only found in eval/ follows, labelled by its name
+    assert run.arms == [
+        ArmInfo("sft_early", "SFT (early-stopped)"),
+        ArmInfo("sft_over", "SFT (over-trained)"),
+        ArmInfo("opd", "OPD"),
+        ArmInfo("extra_model", "extra_model"),
+    ]
+    assert row_of(table_after(md, "Accuracy per model (greedy and sampled)"), "sft_over")[1] == (
+        "Stage-1: SFT (over-trained)"
+    )
+    assert model_colors(run)["opd+grpo"] == model_colors(run)["opd"] == PALETTE[2]
+    # a folder of a few eval files: arms in the default order, then the others (an endpoint alone names its arm)
+    for name in ("zeta__validation.json", "opd__ood.json", "alpha+grpo__ood.json", "base__ood.json"):
+        write_eval(tmp_path / "eval" / name, make_eval(name.split("__")[0], "ood", P=5, B=50))
+    assert load_run(tmp_path).arm_names == ["opd", "alpha", "zeta"]
+
+
+def test_an_unusable_study_config_is_reported_and_the_eval_names_are_used(tmp_path):
+    write_eval(tmp_path / "eval" / "opd__ood.json", make_eval("opd", "ood", P=5, B=50))
+    (tmp_path / "study_config.json").write_text(json.dumps({"arm": [{"label": "no name"}]}))
+    run = load_run(tmp_path)
+    assert run.arm_names == ["opd"]
+    assert "key 'arm[0].name': expected a non-empty string" in run.unreadable["study_config.json"]
+    assert any("study_config.json has no usable arm list" in n for n in run.notes)
+
+
+FOUR_ARMS = [
+    {"name": "opd", "label": "On-policy distillation", "method": "opd"},
+    {"name": "sft_early", "label": "SFT (early-stopped)", "method": "sft"},
+    {"name": "sft_over", "label": "SFT (over-trained)", "method": "sft"},
+    {"name": "sft_long", "label": "SFT (long context)", "method": "sft"},
+]
+
+
+def _has_colour(png: bytes, hex_colour: str) -> bool:
+    """Whether the plot has pixels of this colour, drawn solid or as a bar at alpha 0.9 over white."""
+    import matplotlib.image
+
+    img = (matplotlib.image.imread(io.BytesIO(png))[..., :3] * 255).round()
+    rgb = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.float64)
+    for target in (rgb, 0.9 * rgb + 0.1 * 255):
+        if (np.abs(img - target).max(axis=2) < 12).sum() > 50:
+            return True
+    return False
+
+
+def test_a_fourth_arm_in_study_config_is_in_every_table_and_plot(tmp_path):
+    run_dir = write_run_dir(tmp_path / "run", P=12, n=4, B=100, arms=FOUR_ARMS)
+    run = load_run(run_dir)
+    assert run.arms == [ArmInfo(a["name"], a["label"]) for a in FOUR_ARMS] and run.reference_arm == "opd"
+    colors = model_colors(run)
+    assert [colors[a["name"]] for a in FOUR_ARMS] == list(PALETTE[:4])
+    assert colors["sft_long+grpo"] == colors["sft_long"]
+    report = make_report(run, B=100)
+    blocks = [b for sec in report.sections for b in sec.blocks]
+    tables = [b for b in blocks if isinstance(b, Table)]
+    figures = [b for b in blocks if isinstance(b, Figure)]
+    assert len(tables) == 10 and len(figures) == 4
+    for t in tables:
+        rows = {r[0].text: [c.text for c in r] for r in t.rows}
+        assert any("sft_long" in key for key in rows), f"no sft_long row in {t.title!r}"
+        if "role" in t.header:  # tables that say what each model is: the arm's label from study_config.json
+            assert rows["sft_long"][1] == "Stage-1: SFT (long context)"
+            assert rows["sft_long+grpo"][1] == "Stage-2: GRPO from sft_long"
+            assert rows["opd"][1] == "Stage-1: On-policy distillation"
+    titles = [t.title for t in tables]
+    assert "Each arm minus opd, ood (out-of-domain)" in titles  # the first arm is the reference
+    vs_ref = next(t for t in tables if t.title == "Each arm minus opd, validation (in-domain)")
+    assert [r[0].text for r in vs_ref.rows] == [
+        "sft_early − opd",
+        "sft_over − opd",
+        "sft_long − opd",
+        "sft_early+grpo − opd+grpo",
+        "sft_over+grpo − opd+grpo",
+        "sft_long+grpo − opd+grpo",
+    ]
+    for fig in figures:
+        assert any("sft_long" in rel for rel in fig.sources), f"{fig.name} does not use sft_long's files"
+        assert _has_colour(fig.png, colors["sft_long"]), f"sft_long's colour is not in {fig.name}"
+    training = next(t for t in tables if t.title.startswith("Training logs"))
+    assert [r[0].text for r in training.rows] == [a["name"] for a in FOUR_ARMS]
 
 
 # --------------------------------------------------------------------------- Chromium
@@ -196,10 +293,11 @@ def test_report_html_renders_its_plots_in_headless_chromium(report_run, tmp_path
     assert changed.mean() > 0.05, f"only {changed.mean():.3%} of the pixels come from images"
     # and the plot pixels carry the arms' colours (matplotlib blue, orange, green)
     plot_pixels = full[changed]
+    colors = model_colors(load_run(html_path.parent))
     for arm in ("sft_early", "sft_over", "opd"):
-        rgb = np.array([int(COLORS[arm][i : i + 2], 16) for i in (1, 3, 5)])
+        rgb = np.array([int(colors[arm][i : i + 2], 16) for i in (1, 3, 5)])
         near = (np.abs(plot_pixels - rgb).max(axis=1) < 12).sum()
-        assert near > 500, f"{arm}'s colour {COLORS[arm]} is not in the rendered plots ({near} pixels)"
+        assert near > 500, f"{arm}'s colour {colors[arm]} is not in the rendered plots ({near} pixels)"
 
 
 # -------------------------------------------------------------------------------- CLI

@@ -9,7 +9,7 @@ import pytest
 
 from warmstart.cli import main
 from warmstart.config import ConfigError, from_dict
-from warmstart.study import STAGE1_ARMS, StudyConfig, load_study, plan
+from warmstart.study import StudyConfig, load_study, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,9 @@ def test_configs_parse_and_plan_every_model():
         cfg = load_study(ROOT / "configs" / f"{name}.toml")
         steps = plan(cfg, Path("/tmp/x"))
         evals = {s.name for s in steps if s.kind == "eval"}
-        models = {"base", *STAGE1_ARMS, *(f"{a}+grpo" for a in STAGE1_ARMS)}
+        arms = [a.name for a in cfg.arm]
+        assert arms == ["sft_early", "sft_over", "opd"]
+        models = {"base", *arms, *(f"{a}+grpo" for a in arms)}
         if not cfg.teacher.path.startswith("http"):
             models.add("teacher")
         expected = {f"eval:{m}:{sp}" for m in models for sp in ("validation", "ood")}
@@ -57,7 +59,7 @@ def test_paper_dry_run_explains_what_is_missing(capsys):
     assert "missing: data data/geometry3k does not exist" in out
     assert "Qwen/Qwen2.5-VL-7B-Instruct is a hub id that is not in the local cache" in out
     assert "http://127.0.0.1:8000 is not reachable" in out
-    assert "needed by: sft, opd" in out
+    assert "needed by: stage1:sft_over, stage1:opd" in out
 
 
 @pytest.mark.slow
@@ -68,6 +70,18 @@ def test_smoke_study_end_to_end_then_cached(tmp_path, capsys):
         assert (out / f).exists()
     evals = sorted(p.name for p in (out / "eval").glob("*.json"))
     assert len(evals) == 18, evals  # 8 models x 2 splits + the blank-image ablation of base and teacher
+    arms = json.loads((out / "study_config.json").read_text())["arm"]
+    assert [(a["name"], a["label"], a["method"]) for a in arms] == [
+        ("sft_early", "SFT (early-stopped)", "sft"),
+        ("sft_over", "SFT (over-trained)", "sft"),
+        ("opd", "OPD", "opd"),
+    ]
+    early = [
+        json.loads(ln)["step"]
+        for ln in (out / "stage1" / "sft_early" / "metrics.jsonl").read_text().splitlines()
+    ]
+    best_step = json.loads((out / "stage1" / "sft_early" / "result.json").read_text())["best_step"]
+    assert early and max(early) == best_step  # the over run's log, cut at the early arm's checkpoint
     for arm in ("sft_early", "sft_over", "opd"):
         assert (out / "stage1" / arm / "metrics.jsonl").exists()
         assert (out / "stage2" / arm / "metrics.jsonl").exists()

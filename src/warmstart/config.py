@@ -11,9 +11,9 @@ TOML (or plain dicts) with :func:`from_dict`, which
 Defaults live once: in the dataclass field. Every field is documented in the
 ``Attributes`` section of its class docstring.
 
-The stage configs themselves live beside the code that uses them
-(:mod:`warmstart.stages`, :mod:`warmstart.evaluate`, :mod:`warmstart.study`) and
-are re-exported here so one file lists them all (see the bottom of this module).
+The configs themselves live beside the code that uses them
+(:mod:`warmstart.stages`, :mod:`warmstart.evaluate`, :mod:`warmstart.sampler`,
+:mod:`warmstart.study`); the study's TOML nests them all (``warmstart.study.config``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-__all__ = ["ConfigError", "from_dict", "load_toml", "to_dict", "config_hash", "replace"]
+__all__ = ["ConfigError", "from_dict", "load_toml", "read_toml", "to_dict", "config_hash", "replace"]
 
 T = TypeVar("T")
 
@@ -51,14 +51,14 @@ def _check_value(value: Any, typ: Any, where: str) -> Any:
         args = get_args(typ)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1:  # ``X | None``: X's own message (e.g. the nearest key of a table)
+            return _check_value(value, members[0], where)
+        for arg in members:
             try:
                 return _check_value(value, arg, where)
-            except ConfigError as e:  # try the next member of the union
-                errors.append(str(e))
+            except ConfigError:  # try the next member of the union
+                continue
         raise ConfigError(f"{where}: {value!r} does not match {typ}")
     if origin is Literal:
         choices = get_args(typ)
@@ -137,15 +137,20 @@ def from_dict(cls: type[T], data: dict[str, Any], _where: str = "") -> T:
     return obj
 
 
-def load_toml(cls: type[T], path: str | Path, section: str | None = None) -> T:
-    """Load ``cls`` from a TOML file (optionally from one top-level table ``section``)."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The tables of a TOML file; a missing or malformed file is a :class:`ConfigError`."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+
+def load_toml(cls: type[T], path: str | Path, section: str | None = None) -> T:
+    """Load ``cls`` from a TOML file (optionally from one top-level table ``section``)."""
+    data = read_toml(path)
     if section is not None:
         if section not in data:
             raise ConfigError(f"{path}: no [{section}] table{_nearest(section, list(data))}")

@@ -7,6 +7,10 @@ it while sampling; at temperature 1 it is the policy entropy of DESIGN.md). The 
 format and the summary (pass@k, diversity, entropy, bootstrap intervals) are defined
 in :mod:`warmstart.evaluate_schema`.
 
+How a model is evaluated is one frozen config, :class:`EvalSettings` (the CLI flags
+and the study's ``[eval]`` table build the same object); the part of it an eval file
+records is its ``settings`` block (:meth:`EvalSettings.decoding`).
+
 Resumable: finished problems are appended to ``<out>.partial.jsonl`` chunk by chunk;
 a killed eval continues with the problems not yet done, and the partial file is
 removed once ``eval.json`` is written.
@@ -18,12 +22,16 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from warmstart.config import ConfigError
 from warmstart.evaluate_schema import (
-    EvalSettings,
+    DecodingSettings,
+    EvalSchemaError,
     GreedyResult,
     ModelInfo,
     ProblemResult,
@@ -31,6 +39,65 @@ from warmstart.evaluate_schema import (
     build_eval,
     write_eval,
 )
+from warmstart.evaluate_schema.jsonio import problem_result_from_json
+from warmstart.sampler import RolloutConfig, Sampler
+
+__all__ = ["EvalSettings", "evaluate_problems", "evaluate_to_file", "blank_problem", "describe"]
+
+EVAL_CHUNK = 32
+"""Problems per chunk: the resume unit, and chunk ``s`` (its first problem's index) samples
+with seed ``seed + s``, so changing it changes which samples a seed gives."""
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How every model is evaluated (``warmstart eval`` flags; the study's ``[eval]`` table).
+
+    Attributes:
+        n: sampled responses per problem (pass@k up to n; 0 = greedy only).
+        temperature: sampling temperature of those samples.
+        top_p: nucleus of those samples.
+        max_new_tokens: max response tokens (greedy and sampled).
+        greedy: also decode one greedy (temperature 0) response per problem.
+        limit: evaluate only the first N problems of the split (0 = all).
+        bootstrap: bootstrap resamples of the summary intervals.
+        seed: sampling seed (a chunk starting at problem ``s`` samples with ``seed + s``)
+            and bootstrap seed.
+        blank_ablation: (study) also evaluate the base student and the teacher on the
+            in-domain split with every image blanked (text-only ablation), as split
+            ``validation_blank``. A single ``warmstart eval`` ignores it (its
+            ``--blank-images`` blanks that one evaluation).
+        rollout: the sampling engine (:class:`warmstart.sampler.RolloutConfig`).
+    """
+
+    n: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    greedy: bool = True
+    limit: int = 0
+    bootstrap: int = 10_000
+    seed: int = 0
+    blank_ablation: bool = True
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+
+    def validate(self) -> None:
+        for name in ("n", "limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"eval.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_new_tokens", "bootstrap"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n == 0 and not self.greedy:
+            raise ConfigError("eval: n = 0 and greedy = false evaluates nothing")
+        self.rollout.validate()
+
+    def decoding(self) -> DecodingSettings:
+        """What an eval file records of these settings (its ``settings`` block)."""
+        # The record's fields are a subset of these, by name.
+        return DecodingSettings(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(DecodingSettings)}
+        )
 
 
 def _entropy_stats(entropy_T: torch.Tensor, n_tokens: int) -> tuple[float, float]:
@@ -40,26 +107,23 @@ def _entropy_stats(entropy_T: torch.Tensor, n_tokens: int) -> tuple[float, float
 
 @torch.no_grad()
 def evaluate_problems(
-    model,
-    processor,
+    sampler: Sampler,
     problems,
+    settings: EvalSettings,
     *,
-    n: int,
-    temperature: float,
-    top_p: float,
-    max_new_tokens: int,
-    greedy: bool,
-    seed: int,
-    chunk: int = 32,
-    on_chunk=None,
-    skip_ids=frozenset(),
+    chunk: int = EVAL_CHUNK,
+    on_chunk: Callable[[list[ProblemResult]], None] | None = None,
+    skip_ids: frozenset[str] = frozenset(),
 ) -> list[ProblemResult]:
-    """Greedy + sampled responses for ``problems``, graded; ``on_chunk(rows)`` after each chunk."""
-    from warmstart.grading import grade, normalize_answer
-    from warmstart.rollout import SamplingParams, sample
+    """Greedy + sampled responses for ``problems``, graded; ``on_chunk(rows)`` after each chunk.
 
+    ``sampler`` is built by :func:`warmstart.sampler.make_sampler` from ``settings.rollout``.
+    """
+    from warmstart.grading import grade, normalize_answer
+    from warmstart.rollout import SamplingParams
+
+    n = settings.n
     out: list[ProblemResult] = []
-    model.eval()
     # Chunks are fixed slices of the full list and each is seeded by its start, and
     # finished chunks are written whole: a resumed eval draws exactly the same samples.
     for s in range(0, len(problems), chunk):
@@ -67,17 +131,19 @@ def evaluate_problems(
         if not probs:
             continue
         g_ro = (
-            sample(model, processor, probs, SamplingParams(n=1, greedy=True, max_new_tokens=max_new_tokens))
-            if greedy
+            sampler.sample(probs, SamplingParams(n=1, greedy=True, max_new_tokens=settings.max_new_tokens))
+            if settings.greedy
             else None
         )
         s_ro = (
-            sample(
-                model,
-                processor,
+            sampler.sample(
                 probs,
                 SamplingParams(
-                    n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed + s
+                    n=n,
+                    temperature=settings.temperature,
+                    top_p=settings.top_p,
+                    max_new_tokens=settings.max_new_tokens,
+                    seed=settings.seed + s,
                 ),
             )
             if n
@@ -121,13 +187,17 @@ def evaluate_problems(
     return out
 
 
-def _row_from_json(d: dict) -> ProblemResult:
-    return ProblemResult(
-        id=d["id"],
-        answer=d["answer"],
-        greedy=GreedyResult(**d["greedy"]) if d["greedy"] else None,
-        samples=[SampleResult(**x) for x in d["samples"]],
-    )
+def _read_partial(partial: Path) -> dict[str, ProblemResult]:
+    """Finished problems of an interrupted eval (a torn last line is dropped)."""
+    done: dict[str, ProblemResult] = {}
+    if partial.exists():
+        for ln in partial.read_text().splitlines():
+            try:
+                r = problem_result_from_json(json.loads(ln))
+            except (json.JSONDecodeError, EvalSchemaError):
+                continue
+            done[r.id] = r
+    return done
 
 
 def evaluate_to_file(
@@ -135,55 +205,46 @@ def evaluate_to_file(
     model: str,
     data: str,
     out: str | Path,
+    settings: EvalSettings,
     split: str | None = None,
     model_name: str | None = None,
-    n: int = 16,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 64,
-    greedy: bool = True,
-    limit: int | None = None,
-    bootstrap: int = 10_000,
-    seed: int = 0,
+    blank_images: bool = False,
     show_progress: bool = True,
     device: str = "cpu",
-    chunk: int = 32,
-    blank_images: bool = False,
+    chunk: int = EVAL_CHUNK,
 ) -> dict:
-    """Evaluate checkpoint ``model`` on ``data``/``split`` and write ``out`` (resumable).
+    """Evaluate checkpoint ``model`` on ``data``/``split`` with ``settings`` and write ``out`` (resumable).
 
     ``blank_images`` replaces every image by a plain white one of the same size: the
     text-only ablation that shows how much of the accuracy comes from reading the diagram.
+    ``chunk`` is :data:`EVAL_CHUNK` except in tests (resume granularity; it sets the seeds).
+    Returns the summary values (metric name -> value).
     """
     from warmstart.data.loaders import load_problems
     from warmstart.models import load_policy
+    from warmstart.sampler import make_sampler
     from warmstart.stages.common import progress
 
+    settings.validate()
     out = Path(out)
     problems = load_problems(data, split=split).problems
-    if limit:
-        problems = problems[:limit]
+    if settings.limit:
+        problems = problems[: settings.limit]
     if blank_images:
         problems = [blank_problem(p) for p in problems]
     partial = out.with_name(out.name + ".partial.jsonl")
-    done: dict[str, ProblemResult] = {}
-    if partial.exists():  # resume: keep finished problems (a torn last line is dropped)
-        for ln in partial.read_text().splitlines():
-            try:
-                r = _row_from_json(json.loads(ln))
-                done[r.id] = r
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
+    done = _read_partial(partial)
     policy = load_policy(model, device=device)
+    policy.model.eval()
+    sampler = make_sampler(settings.rollout, policy.model, policy.processor)
     out.parent.mkdir(parents=True, exist_ok=True)
+    name = model_name or Path(model).name
     with (
-        progress(
-            f"eval {model_name or Path(model).name} [{split}]", len(problems), len(done), show_progress
-        ) as bar,
+        progress(f"eval {name} [{split}]", len(problems), len(done), show_progress) as bar,
         open(partial, "a") as f,
     ):
 
-        def on_chunk(rows):
+        def on_chunk(rows: list[ProblemResult]) -> None:
             for r in rows:
                 f.write(json.dumps(dataclasses.asdict(r)) + "\n")
                 done[r.id] = r
@@ -191,29 +252,16 @@ def evaluate_to_file(
             bar(len(rows))
 
         evaluate_problems(
-            policy.model,
-            policy.processor,
-            problems,
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            greedy=greedy,
-            seed=seed,
-            on_chunk=on_chunk,
-            skip_ids=frozenset(done),
-            chunk=chunk,
+            sampler, problems, settings, chunk=chunk, on_chunk=on_chunk, skip_ids=frozenset(done)
         )
     result = build_eval(
-        model=ModelInfo(name=model_name or Path(model).name, path=str(model)),
+        model=ModelInfo(name=name, path=str(model)),
         data_path=str(data),
         split=split or "all",
-        settings=EvalSettings(
-            n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, greedy=greedy
-        ),
+        settings=settings.decoding(),
         per_problem=[done[p.id] for p in problems],
-        B=bootstrap,
-        seed=seed,
+        B=settings.bootstrap,
+        seed=settings.seed,
     )
     write_eval(out, result)
     partial.unlink(missing_ok=True)
@@ -246,7 +294,11 @@ def describe(summary: dict, split: str, n: int, temperature: float) -> str:
     return "\n".join(lines)
 
 
+_DEFAULTS = EvalSettings()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = _DEFAULTS  # flag defaults are the config's (one definition)
     parser.add_argument("--model", required=True, help="checkpoint directory or hub id")
     parser.add_argument("--data", required=True, help="problem file/folder (any format load_problems reads)")
     parser.add_argument("--split", default=None, help="split inside --data (e.g. validation, ood, testmini)")
@@ -256,14 +308,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--name", default=None, help="model name stored in the file (default: the folder name)"
     )
-    parser.add_argument("--n", type=int, default=16, help="samples per problem (default 16)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus for the samples (default 1.0)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="max response tokens (default 64)")
+    parser.add_argument("--n", type=int, default=d.n, help=f"samples per problem (default {d.n})")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=d.temperature,
+        help=f"sampling temperature (default {d.temperature})",
+    )
+    parser.add_argument(
+        "--top-p", type=float, default=d.top_p, help=f"nucleus for the samples (default {d.top_p})"
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=d.max_new_tokens,
+        help=f"max response tokens (default {d.max_new_tokens})",
+    )
     parser.add_argument("--no-greedy", action="store_true", help="skip the greedy response")
     parser.add_argument("--limit", type=int, default=None, help="first N problems only")
-    parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed")
+    parser.add_argument(
+        "--bootstrap", type=int, default=d.bootstrap, help=f"bootstrap resamples (default {d.bootstrap})"
+    )
+    parser.add_argument("--seed", type=int, default=d.seed, help="sampling and bootstrap seed")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument(
         "--blank-images",
@@ -273,31 +339,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def settings_from_args(args: argparse.Namespace) -> EvalSettings:
+    """The :class:`EvalSettings` the ``warmstart eval`` flags describe."""
+    return EvalSettings(
+        n=args.n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        greedy=not args.no_greedy,
+        limit=args.limit or 0,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from warmstart.data.loaders import DataError
 
+    settings = settings_from_args(args)
     try:
         summary = evaluate_to_file(
             model=args.model,
             data=args.data,
             out=args.out,
+            settings=settings,
             split=args.split,
             model_name=args.name,
-            n=args.n,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            max_new_tokens=args.max_new_tokens,
-            greedy=not args.no_greedy,
-            limit=args.limit,
-            bootstrap=args.bootstrap,
-            seed=args.seed,
+            blank_images=args.blank_images,
             show_progress=not args.quiet,
             device=args.device,
-            blank_images=args.blank_images,
         )
-    except (DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(describe(summary, args.split or "all", args.n, args.temperature))
+    print(describe(summary, args.split or "all", settings.n, settings.temperature))
     print(f"wrote {args.out}")
     return 0

@@ -1,0 +1,208 @@
+"""Assembling the report (sections in order, sources numbered) and writing its files."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+
+from warmstart import metrics as M
+from warmstart.atomic import atomic_write_bytes, atomic_write_text
+from warmstart.evaluate_schema import SPLITS, eval_relpath, stage2_model
+from warmstart.report.blocks import (
+    Bullets,
+    Figure,
+    Paragraph,
+    Report,
+    Section,
+    SourceIds,
+    Table,
+    sampling_note,
+)
+from warmstart.report.data import RunData, load_run
+from warmstart.report.plots import PLOT_NAMES, accuracy_plot, passk_plot, trajectory_plot
+from warmstart.report.render import PLOT_DIR, render_html, render_markdown
+from warmstart.report.tables import (
+    accuracy_table,
+    diff_table,
+    entropy_table,
+    passk_table,
+    training_table,
+)
+
+__all__ = ["make_report", "differences_section", "build_report"]
+
+
+def make_report(run: RunData, B: int = M.DEFAULT_B, seed: int = 0, title: str = "warmstart report") -> Report:
+    """All sections of the report, in order, with their source numbering."""
+    src = SourceIds()
+    out: list[Section] = []
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    intro = Section("Run")
+    intro.blocks.append(
+        Paragraph(
+            f"Run directory: {run.run_dir}. Generated {now}. {len(run.evals)} eval files and "
+            f"{len(run.logs)} training logs read. Paired differences: B={B} resamples of problems, seed={seed}."
+        )
+    )
+    bad = [f"missing: {p}" for p in run.missing] + [f"{p}: {s}" for p, s in run.unreadable.items()]
+    intro.blocks.append(
+        Paragraph("Missing or unreadable inputs:" if bad else "Missing or unreadable inputs: none.")
+    )
+    if bad:
+        intro.blocks.append(Bullets(bad))
+    if run.notes:
+        intro.blocks.append(Paragraph("Notes:"))
+        intro.blocks.append(Bullets(run.notes))
+    out.append(intro)
+
+    acc = Section("Accuracy")
+    acc.blocks.append(accuracy_table(run, src))
+    acc.blocks.append(accuracy_plot(run) or Paragraph("Accuracy plot: no eval files."))
+    out.append(acc)
+
+    div = Section("pass@k and answer diversity")
+    for split in run.splits:
+        t = passk_table(run, split, src)
+        div.blocks.append(t or Paragraph(f"{split}: no eval files."))
+    div.blocks.append(passk_plot(run) or Paragraph("pass@k plot: no eval file with samples."))
+    out.append(div)
+
+    ent = Section("Entropy")
+    for split in run.splits:
+        t = entropy_table(run, split, src)
+        if t is not None:
+            ent.blocks.append(t)
+    ent.blocks.append(training_table(run, src))
+    ent.blocks.append(
+        trajectory_plot(
+            run,
+            "entropy",
+            (1, 2),
+            "entropy_trajectories",
+            "Entropy along training",
+            "entropy (nats/token)",
+            "Full-vocabulary entropy of each step's own samples (metrics.jsonl 'entropy'), thin: raw, "
+            "thick: moving average; one colour per arm.",
+        )
+        or Paragraph("Entropy trajectories: no metrics.jsonl with 'entropy'.")
+    )
+    ent.blocks.append(
+        trajectory_plot(
+            run,
+            "reward_mean",
+            (2,),
+            "reward_curves",
+            "Stage-2 reward",
+            "reward_mean",
+            "Mean reward of each GRPO step's samples (metrics.jsonl 'reward_mean'); thin: raw, thick: "
+            "moving average.",
+        )
+        or Paragraph("Reward curves: no Stage-2 metrics.jsonl with 'reward_mean'.")
+    )
+    out.append(ent)
+
+    out.append(differences_section(run, src, B, seed))
+
+    # every file referenced anywhere gets a number; then the rest of the expected files
+    for rel in run.status:
+        src.ref(rel)
+    sources = Section("Sources")
+    sources.blocks.append(
+        Paragraph("Every [n] in the tables and figures refers to one file, relative to the run directory.")
+    )
+    items = []
+    for rel, n in src.ids.items():
+        status = run.status.get(rel, "read")
+        desc = f"[{n}] {rel}: {status}"
+        ev = next((e for (m, s), e in run.evals.items() if eval_relpath(m, s) == rel), None)
+        if ev is not None:
+            desc += (
+                f" (model {ev.model.name} from {ev.model.path}; split {ev.data.split}, {ev.data.n_problems} "
+                f"problems; greedy={ev.settings.greedy}, {sampling_note(ev)}, max_new_tokens="
+                f"{ev.settings.max_new_tokens}; bootstrap B={ev.bootstrap.B}, seed={ev.bootstrap.seed}; "
+                f"created {ev.created})"
+            )
+        items.append(desc)
+    sources.blocks.append(Bullets(items))
+    out.append(sources)
+    for sec in out:
+        for blk in sec.blocks:
+            if isinstance(blk, Figure | Table):
+                blk.sources = list(dict.fromkeys(blk.sources))  # once each, in order of use
+                for rel in blk.sources:
+                    src.ref(rel)
+    return Report(title=title, sections=out, source_ids=src.ids)
+
+
+def differences_section(run: RunData, src: SourceIds, B: int, seed: int) -> Section:
+    """Per split: each endpoint minus its init, and each arm minus the reference arm (the first) at each stage."""
+    diff = Section("Paired differences")
+    arms, ref_arm = run.arm_names, run.reference_arm
+    for split in run.splits:
+        domain = SPLITS.get(split, "other split")
+        pairs = [(f"{stage2_model(a)} − {a}", stage2_model(a), a) for a in arms]
+        t = diff_table(
+            run,
+            split,
+            pairs,
+            f"Stage-2 endpoint minus its Stage-1 init, {split} ({domain})",
+            "a − b where a is the GRPO endpoint and b the Stage-1 model it started from.",
+            src,
+            B,
+            seed,
+        )
+        diff.blocks.append(t or Paragraph(f"{split}: endpoint − init: no pair with both files."))
+        if ref_arm is None:
+            diff.blocks.append(Paragraph(f"{split}: arm − reference arm: no Stage-1 arm in this run."))
+            continue
+        pairs = []
+        for stage_of in (lambda a: a, stage2_model):
+            ref = stage_of(ref_arm)
+            pairs += [(f"{stage_of(a)} − {ref}", stage_of(a), ref) for a in arms if a != ref_arm]
+        t = diff_table(
+            run,
+            split,
+            pairs,
+            f"Each arm minus {ref_arm}, {split} ({domain})",
+            f"a − b with b the {ref_arm} arm at the same stage (Stage-1 rows, then Stage-2 rows).",
+            src,
+            B,
+            seed,
+        )
+        diff.blocks.append(t or Paragraph(f"{split}: arm − {ref_arm}: no pair with both files."))
+    return diff
+
+
+def build_report(
+    run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, B: int = M.DEFAULT_B, seed: int = 0
+) -> dict:
+    """Read ``run_dir`` and write ``report.md`` (+ ``report_plots/*.png``) and ``report.html`` to ``out_dir``.
+
+    ``out_dir`` defaults to ``run_dir``. Never fails on missing or bad input files (they are
+    listed in the report). Returns a JSON-able summary: the two paths, the number of
+    plots, eval files and training logs read, and the number of expected files missing
+    or unreadable.
+    """
+    run = load_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else Path(run_dir)
+    report = make_report(run, B=B, seed=seed, title=f"warmstart report: {Path(run_dir).resolve().name}")
+    out.mkdir(parents=True, exist_ok=True)
+    figures = [b for s in report.sections for b in s.blocks if isinstance(b, Figure)]
+    (out / PLOT_DIR).mkdir(exist_ok=True)
+    for name in PLOT_NAMES:  # a plot not made this time must not linger from an earlier report
+        (out / PLOT_DIR / f"{name}.png").unlink(missing_ok=True)
+    for fig in figures:
+        atomic_write_bytes(out / PLOT_DIR / f"{fig.name}.png", fig.png)
+    md, page = out / "report.md", out / "report.html"
+    atomic_write_text(md, render_markdown(report))
+    atomic_write_text(page, render_html(report))
+    return {
+        "report_md": str(md),
+        "report_html": str(page),
+        "plots": len(figures),
+        "evals_read": len(run.evals),
+        "logs_read": len(run.logs),
+        "missing": len(run.missing),
+        "unreadable": len(run.unreadable),
+    }

@@ -1,0 +1,223 @@
+"""Reading a run directory for the report: its arms, eval files and training logs, and what is missing.
+
+The arms (names, labels, report order; the first is the reference arm of paired
+differences) come from ``<run>/study_config.json``'s ``arm`` list, which the study
+writes. A run directory without that file (an older run, or a bare folder of eval
+files) falls back to the models its ``eval/`` file names show: every model that is not
+``base`` or ``teacher``, with its ``+grpo`` suffix removed, is an arm; the default arms
+(:data:`warmstart.evaluate_schema.DEFAULT_ARMS`) keep their labels and come first in
+their order, others follow with their name as label.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from warmstart.evaluate_schema import (
+    BASE_MODEL,
+    DEFAULT_ARMS,
+    SPLITS,
+    TEACHER_MODEL,
+    EvalResult,
+    EvalSchemaError,
+    eval_relpath,
+    metrics_relpath,
+    parse_eval_filename,
+    read_eval,
+    stage1_arm,
+    study_models,
+)
+
+__all__ = [
+    "STUDY_CONFIG",
+    "ArmInfo",
+    "RunData",
+    "arms_from_study_config",
+    "arms_from_models",
+    "model_role",
+    "load_run",
+]
+
+STUDY_CONFIG = "study_config.json"
+"""The study's config as JSON, relative to the run directory (its ``arm`` list names the arms)."""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ArmInfo:
+    """One Stage-1 arm as the report shows it.
+
+    Attributes:
+        name: run-directory name: ``stage1/<name>/``, ``eval/<name>__<split>.json``; its
+            Stage-2 endpoint is ``<name>+grpo``.
+        label: what the report calls it (``SFT (early-stopped)``).
+    """
+
+    name: str
+    label: str
+
+
+def arms_from_study_config(path: str | os.PathLike) -> list[ArmInfo]:
+    """The ``arm`` list of a ``study_config.json``, in order; ``ValueError`` naming the key when malformed.
+
+    Each entry needs a non-empty string ``name``; ``label`` defaults to the name; other
+    keys (``method``, the arm's stage config, ...) are not the report's business.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"not readable as JSON ({e})") from None
+    entries = raw.get("arm") if isinstance(raw, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError("key 'arm': expected a non-empty list of arms")
+    arms: list[ArmInfo] = []
+    for i, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"key 'arm[{i}].name': expected a non-empty string")
+        label = entry.get("label") or name
+        if not isinstance(label, str):
+            raise ValueError(f"key 'arm[{i}].label': expected a string, got {label!r}")
+        if any(a.name == name for a in arms):
+            raise ValueError(f"key 'arm[{i}].name': arm {name!r} is listed twice")
+        arms.append(ArmInfo(name, label))
+    return arms
+
+
+def arms_from_models(models: Iterable[str]) -> list[ArmInfo]:
+    """The fallback arms of the models found in ``eval/`` file names (see the module docstring)."""
+    default = dict(DEFAULT_ARMS)
+    found = dict.fromkeys(stage1_arm(m) for m in models)
+    names = [a for a in found if a not in (BASE_MODEL, TEACHER_MODEL)]
+    ordered = [a for a in default if a in names] + [a for a in names if a not in default]
+    return [ArmInfo(a, default.get(a, a)) for a in ordered]
+
+
+def model_role(model: str, arms: list[ArmInfo]) -> str:
+    """What a model name stands for in a study with ``arms``."""
+    labels = {a.name: a.label for a in arms}
+    if model == BASE_MODEL:
+        return "student before post-training"
+    if model == TEACHER_MODEL:
+        return "OPD teacher"
+    if model in labels:
+        return f"Stage-1: {labels[model]}"
+    arm = stage1_arm(model)
+    if arm != model and arm in labels:
+        return f"Stage-2: GRPO from {arm}"
+    return "other"
+
+
+@dataclass
+class RunData:
+    """Everything read from a run directory, plus what could not be read."""
+
+    run_dir: Path
+    evals: dict[tuple[str, str], EvalResult]  # (model, split) -> eval
+    logs: dict[tuple[int, str], list[dict]]  # (stage, arm) -> metrics rows
+    models: list[str]  # study models, then others found, in report order
+    splits: list[str]
+    status: dict[str, str]  # relative path -> "read" | "missing" | "unreadable: ..."
+    notes: list[str] = field(default_factory=list)
+    arms: list[ArmInfo] = field(default_factory=list)  # report order; the first is the reference
+
+    def eval(self, model: str, split: str) -> EvalResult | None:
+        return self.evals.get((model, split))
+
+    @property
+    def arm_names(self) -> list[str]:
+        return [a.name for a in self.arms]
+
+    @property
+    def reference_arm(self) -> str | None:
+        """The arm every other arm is compared with (the first), ``None`` without arms."""
+        return self.arms[0].name if self.arms else None
+
+    def role(self, model: str) -> str:
+        return model_role(model, self.arms)
+
+    @property
+    def missing(self) -> list[str]:
+        return [p for p, s in self.status.items() if s == "missing"]
+
+    @property
+    def unreadable(self) -> dict[str, str]:
+        return {p: s for p, s in self.status.items() if s.startswith("unreadable")}
+
+    def read(self, rel: str, reader: Callable[[Path], T], errors: tuple[type[Exception], ...]) -> T | None:
+        """``reader(path)`` of ``rel``, its status recorded; ``None`` when missing or unreadable."""
+        path = self.run_dir / rel
+        if not path.exists():
+            self.status[rel] = "missing"
+            return None
+        try:
+            value = reader(path)
+        except errors as e:
+            self.status[rel] = f"unreadable: {e}"
+            return None
+        self.status[rel] = "read"
+        return value
+
+
+def _read_metrics_jsonl(path: Path, rel: str, notes: list[str]) -> list[dict]:
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            notes.append(f"{rel} line {i}: not JSON ({e.msg}); line skipped")
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            notes.append(f"{rel} line {i}: no integer 'step'; line skipped")
+            continue
+        rows.append(row)
+    return rows
+
+
+def load_run(run_dir: str | os.PathLike) -> RunData:
+    """Read every expected (and every other well-named) file of a run directory; never raises on bad files."""
+    run_dir = Path(run_dir)
+    found: list[tuple[str, str]] = []
+    eval_dir = run_dir / "eval"
+    if eval_dir.is_dir():
+        found = [ms for p in sorted(eval_dir.glob("*.json")) if (ms := parse_eval_filename(p.name))]
+    data = RunData(run_dir=run_dir, evals={}, logs={}, models=[], splits=[], status={})
+    arms = None
+    if (run_dir / STUDY_CONFIG).exists():
+        arms = data.read(STUDY_CONFIG, arms_from_study_config, (ValueError,))
+        if arms is None:
+            data.notes.append(f"{STUDY_CONFIG} has no usable arm list; arms taken from the eval file names")
+    data.arms = arms if arms is not None else arms_from_models(m for m, _ in found)
+    expected = study_models(data.arm_names)
+    data.models = list(dict.fromkeys([*expected, *(m for m, _ in found)]))
+    data.splits = list(dict.fromkeys([*SPLITS, *(s for _, s in found)]))
+    wanted = list(dict.fromkeys([*((m, s) for m in expected for s in SPLITS), *found]))
+    for model, split in wanted:
+        rel = eval_relpath(model, split)
+        ev = data.read(rel, read_eval, (EvalSchemaError,))
+        if ev is None:
+            continue
+        if ev.model.name != model or ev.data.split != split:
+            data.notes.append(
+                f"{rel}: the file says model {ev.model.name!r}, split {ev.data.split!r}; "
+                f"reported under its file name ({model!r}, {split!r})"
+            )
+        data.evals[(model, split)] = ev
+    for stage in (1, 2):
+        for arm in data.arm_names:
+            rel = metrics_relpath(stage, arm)
+            rows = data.read(
+                rel, lambda p, rel=rel: _read_metrics_jsonl(p, rel, data.notes), (OSError, UnicodeDecodeError)
+            )
+            if rows is not None:
+                data.logs[(stage, arm)] = rows
+    return data

@@ -1,0 +1,280 @@
+"""The report's tables: accuracy, pass@k and diversity, entropy, training logs, paired differences.
+
+Each function takes the :class:`~warmstart.report.data.RunData` and the source numbering
+and returns a :class:`~warmstart.report.blocks.Table` (``None`` when it would have no
+row). Rows follow the run's arms (``run.arms``): base, teacher, then each arm followed by
+its Stage-2 endpoint, then other models found.
+"""
+
+from __future__ import annotations
+
+from warmstart import metrics as M
+from warmstart.evaluate_schema import (
+    BASE_MODEL,
+    SPLITS,
+    TEACHER_MODEL,
+    EvalResult,
+    eval_relpath,
+    metrics_relpath,
+    paired_compare,
+    stage2_model,
+)
+from warmstart.report.blocks import (
+    MISSING,
+    Cell,
+    SourceIds,
+    Table,
+    format_interval,
+    metric_header,
+    sampling_note,
+)
+from warmstart.report.data import RunData
+
+__all__ = [
+    "DIFF_METRICS",
+    "init_end_models",
+    "pass_ks",
+    "accuracy_table",
+    "passk_table",
+    "entropy_table",
+    "training_table",
+    "diff_table",
+]
+
+# Paired-difference columns (pass@K, the largest k every model of the split has, is added).
+DIFF_METRICS = ("greedy_accuracy", "pass@1", "distinct_answers_mean", "entropy_token_mean")
+
+
+def init_end_models(run: RunData) -> list[str]:
+    """Rows of the init-vs-end tables: base, teacher, then each arm followed by its endpoint, then others."""
+    order = [BASE_MODEL, TEACHER_MODEL]
+    for arm in run.arm_names:
+        order += [arm, stage2_model(arm)]
+    return order + [m for m in run.models if m not in order]
+
+
+def uniform_sampling(evs: list[EvalResult]) -> str | None:
+    notes = {sampling_note(ev) for ev in evs if ev.settings.n > 0}
+    return notes.pop() if len(notes) == 1 else None
+
+
+def accuracy_table(run: RunData, src: SourceIds) -> Table:
+    """Greedy accuracy and pass@1 per model and split, with intervals."""
+    header, used = ["model", "role"], []
+    uniform = {}
+    for split in run.splits:
+        evs = [ev for (m, s), ev in run.evals.items() if s == split]
+        uniform[split] = uniform_sampling(evs)
+        domain = SPLITS.get(split, "other split")
+        header.append(f"{split} ({domain}) greedy, T=0 (%)")
+        header.append(
+            f"{split} ({domain}) pass@1, sampled" + (f" {uniform[split]}" if uniform[split] else "") + " (%)"
+        )
+    header.append("sources")
+    rows = []
+    for model in run.models:
+        row, rels = [Cell(model), Cell(run.role(model))], []
+        for split in run.splits:
+            ev = run.eval(model, split)
+            rel = eval_relpath(model, split)
+            if ev is None:
+                row += [Cell(MISSING), Cell(MISSING)]
+                continue
+            rels.append(rel)
+            used.append(rel)
+            row.append(Cell(format_interval("greedy_accuracy", ev.summary.get("greedy_accuracy"))))
+            p1 = format_interval("pass@1", ev.summary.get("pass@1"))
+            if p1 != MISSING and uniform[split] is None:
+                p1 += f" ({sampling_note(ev)})"
+            row.append(Cell(p1))
+        if not rels:
+            continue
+        row.append(Cell(src.refs(rels)))
+        rows.append(row)
+    return Table(
+        title="Accuracy per model (greedy and sampled)",
+        header=header,
+        rows=rows,
+        note="Percent correct with 95% bootstrap intervals over problems (from each eval file). "
+        "greedy: one temperature-0 response per problem. pass@1: mean accuracy of the n sampled "
+        "responses per problem at temperature T (top_p).",
+        sources=used,
+    )
+
+
+def passk_table(run: RunData, split: str, src: SourceIds) -> Table | None:
+    """pass@k and answer diversity for every model on ``split``, each init row followed by its endpoint."""
+    models = [m for m in init_end_models(run) if run.eval(m, split) is not None]
+    if not models:
+        return None
+    ks = sorted({k for m in models for k in pass_ks(run.eval(m, split))})
+    cols = [f"pass@{k}" for k in ks] + ["distinct_answers_mean", "answer_entropy_mean"]
+    rows, used = [], []
+    for m in models:
+        ev = run.eval(m, split)
+        rel = eval_relpath(m, split)
+        used.append(rel)
+        cells = [Cell(format_interval(c, ev.summary.get(c))) for c in cols]
+        rows.append([Cell(m), Cell(run.role(m)), Cell(sampling_note(ev)), *cells, Cell(src.ref(rel))])
+    return Table(
+        title=f"pass@k and answer diversity, {split} ({SPLITS.get(split, 'other split')}): Stage-1 init vs Stage-2 endpoint",
+        header=["model", "role", "sampling", *[metric_header(c) for c in cols], "sources"],
+        rows=rows,
+        note="Sampled responses (settings per row). pass@k: unbiased estimator averaged over problems, in %. "
+        "Distinct answers: mean number of distinct normalised final answers among the n samples (unparseable "
+        "= one answer 'none'); answer H: mean Shannon entropy of that distribution. 95% bootstrap intervals.",
+        sources=used,
+    )
+
+
+def pass_ks(ev: EvalResult | None) -> list[int]:
+    if ev is None:
+        return []
+    return [int(k[5:]) for k in ev.summary if k.startswith("pass@")]
+
+
+def entropy_table(run: RunData, split: str, src: SourceIds) -> Table | None:
+    """Policy entropy of the evaluation samples (and teacher-forced entropy when present) per model."""
+    models = [m for m in init_end_models(run) if run.eval(m, split) is not None]
+    if not models:
+        return None
+    has_tf = any(run.eval(m, split).teacher_forced_entropy is not None for m in models)
+    header = [
+        "model",
+        "role",
+        "sampling",
+        metric_header("entropy_token_mean"),
+        metric_header("entropy_seq_mean"),
+    ]
+    if has_tf:
+        header += ["teacher-forced entropy/token (nats)", "probe"]
+    rows, used = [], []
+    for m in models:
+        ev = run.eval(m, split)
+        rel = eval_relpath(m, split)
+        used.append(rel)
+        row = [Cell(m), Cell(run.role(m)), Cell(sampling_note(ev))]
+        row += [
+            Cell(format_interval(k, ev.summary.get(k))) for k in ("entropy_token_mean", "entropy_seq_mean")
+        ]
+        if has_tf:
+            tf = ev.teacher_forced_entropy
+            row += [
+                Cell(format_interval("entropy_token_mean", tf.token_mean if tf else None)),
+                Cell(tf.probe if tf else MISSING),
+            ]
+        rows.append([*row, Cell(src.ref(rel))])
+    return Table(
+        title=f"Policy entropy, {split} ({SPLITS.get(split, 'other split')}): Stage-1 init vs Stage-2 endpoint",
+        header=[*header, "sources"],
+        rows=rows,
+        note="Full-vocabulary Shannon entropy (nats) of the next-token distribution at every token of the "
+        "sampled responses: token-weighted mean (entropy/token) and mean of per-sequence means (entropy/seq). "
+        "95% bootstrap intervals over problems.",
+        sources=used,
+    )
+
+
+def _first_last(rows: list[dict], key: str) -> tuple[tuple[int, float], tuple[int, float]] | None:
+    pts = [(r["step"], float(r[key])) for r in rows if isinstance(r.get(key), int | float)]
+    return (pts[0], pts[-1]) if pts else None
+
+
+def training_table(run: RunData, src: SourceIds) -> Table:
+    """Entropy (and Stage-2 reward) at the first and last logged step of every arm's training runs."""
+    rows, used = [], []
+
+    def span(stage: int, arm: str, key: str) -> str:
+        fl = _first_last(run.logs.get((stage, arm), []), key)
+        if fl is None:
+            return MISSING
+        (s0, v0), (s1, v1) = fl
+        return f"{v0:.3f} (step {s0}) → {v1:.3f} (step {s1})"
+
+    for arm in run.arm_names:
+        rels = [metrics_relpath(st, arm) for st in (1, 2) if (st, arm) in run.logs]
+        used += rels
+        rows.append(
+            [
+                Cell(arm),
+                Cell(span(1, arm, "entropy")),
+                Cell(span(2, arm, "entropy")),
+                Cell(span(2, arm, "reward_mean")),
+                Cell(src.refs(rels)),
+            ]
+        )
+    return Table(
+        title="Training logs: entropy and reward at the first and last logged step",
+        header=[
+            "arm",
+            "Stage-1 entropy (nats)",
+            "Stage-2 (GRPO) entropy (nats)",
+            "Stage-2 reward_mean",
+            "sources",
+        ],
+        rows=rows,
+        note="From metrics.jsonl: 'entropy' is the full-vocabulary entropy, token mean over the step's own "
+        "samples (training batch, not the evaluation set); 'reward_mean' is the mean reward of the step's samples.",
+        sources=used,
+    )
+
+
+def diff_metrics(run: RunData, split: str) -> list[str]:
+    evs = [ev for (m, s), ev in run.evals.items() if s == split]
+    common = [set(pass_ks(ev)) for ev in evs if pass_ks(ev)]
+    kmax = max(set.intersection(*common)) if common else 1
+    cols = list(DIFF_METRICS)
+    if kmax > 1:
+        cols.insert(2, f"pass@{kmax}")
+    return cols
+
+
+def diff_table(
+    run: RunData,
+    split: str,
+    pairs: list[tuple[str, str, str]],
+    title: str,
+    note: str,
+    src: SourceIds,
+    B: int,
+    seed: int,
+) -> Table | None:
+    """Paired differences ``a - b`` for the (label, a, b) pairs on ``split``; bold where the interval excludes 0."""
+    cols = diff_metrics(run, split)
+    rows, used, problems = [], [], []
+    for label, a, b in pairs:
+        ea, eb = run.eval(a, split), run.eval(b, split)
+        rels = [eval_relpath(a, split), eval_relpath(b, split)]
+        if ea is None or eb is None:
+            missing = [r for r, e in zip(rels, (ea, eb)) if e is None]
+            rows.append([Cell(label), *[Cell(MISSING) for _ in cols], Cell("missing: " + ", ".join(missing))])
+            continue
+        try:
+            avail = [c for c in cols if c in ea.summary and c in eb.summary]
+            diffs = paired_compare(ea, eb, avail, B=B, seed=seed)
+        except (ValueError, M.ProblemMismatchError) as e:
+            problems.append(f"{label}: {e}")
+            rows.append([Cell(label), *[Cell(MISSING) for _ in cols], Cell(src.refs(rels))])
+            continue
+        used += rels
+        cells = [
+            Cell(format_interval(c, diffs.get(c), diff=True), strong=c in diffs and diffs[c].excludes_zero())
+            for c in cols
+        ]
+        rows.append([Cell(label), *cells, Cell(src.refs(rels))])
+    if all(all(c.text == MISSING for c in r[1:-1]) for r in rows):
+        return None
+    extra = (" Not computed: " + "; ".join(problems)) if problems else ""
+    sampling = uniform_sampling([ev for (m, s), ev in run.evals.items() if s == split])
+    return Table(
+        title=title,
+        header=["difference", *[metric_header(c, diff=True) for c in cols], "sources (a, b)"],
+        rows=rows,
+        note=note
+        + f" Paired bootstrap over problems (B={B}, seed={seed}), 95% intervals; **bold**: the interval "
+        "excludes 0. Accuracy differences in percentage points; greedy = temperature 0; sampled metrics at "
+        + (sampling or "the settings of each file (see Sources)")
+        + "."
+        + extra,
+        sources=used,
+    )

@@ -1,0 +1,139 @@
+"""``warmstart run``: its arguments, the dry run (plan + what is missing), and the command itself."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from warmstart.atomic import atomic_write_text
+from warmstart.config import ConfigError, replace, to_dict
+from warmstart.study.arms import METHODS
+from warmstart.study.config import StudyConfig, load_study
+from warmstart.study.execute import execute, is_done, started_marker
+from warmstart.study.plan import Step, plan
+
+__all__ = ["add_arguments", "dry_run", "run"]
+
+
+def _reads(step: Step) -> tuple[list[str], list[str]]:
+    """The models and the problem data a step reads (what the dry run checks)."""
+    job = step.job
+    if step.kind == "stage1":
+        models = [job.config.init]
+        if METHODS[job.method].needs_teacher(job.config):
+            models.append(job.config.teacher)
+        return models, [job.config.data]
+    if step.kind == "grpo":
+        return [job.init], [job.data]
+    if step.kind == "eval":
+        return [job.model], [job.data]
+    return [], []
+
+
+def dry_run(cfg: StudyConfig, root: Path) -> list[str]:
+    """Print the plan; return the problems found (missing paths, models, servers)."""
+    found: dict[str, list[str]] = {}  # problem -> the steps that need the missing thing
+    steps = plan(cfg, root)
+    built = (
+        {str(s.out) for s in steps}
+        | {str(s.out / "final") for s in steps}
+        | {str(s.out / "best") for s in steps}
+    )
+
+    def add(problem: str, step: str) -> None:
+        found.setdefault(problem, []).append(step)
+
+    def check_model(path: str, what: str) -> None:
+        if not path or path in built or any(path.startswith(b) for b in built):
+            return
+        if path.startswith(("http://", "https://")):
+            from urllib.request import urlopen
+
+            try:
+                urlopen(path.rstrip("/") + "/health", timeout=3).read()
+            except Exception as e:  # noqa: BLE001 - report any failure to reach it
+                add(
+                    f"server {path} is not reachable ({e}); start it, e.g. "
+                    "`vllm serve <teacher> ...` or `warmstart serve --model DIR`",
+                    what,
+                )
+            return
+        p = Path(path)
+        if p.exists():
+            if not (p / "config.json").exists():
+                add(f"{path} exists but has no config.json (not a checkpoint)", what)
+            return
+        if not path.startswith((".", "/")) and len(path.split("/")) == 2:
+            from huggingface_hub import try_to_load_from_cache
+
+            if try_to_load_from_cache(path, "config.json") is None:
+                add(
+                    f"model {path} is a hub id that is not in the local cache: it needs network access "
+                    "(or download it and give the local directory)",
+                    what,
+                )
+            return
+        add(f"model {path} does not exist", what)
+
+    def check_data(ref_path: str, what: str) -> None:
+        if ref_path and ref_path not in built and not Path(ref_path).exists():
+            add(f"data {ref_path} does not exist", what)
+
+    print(f"study {cfg.name} -> {root}")
+    for s in steps:
+        state = "done" if is_done(s) else ("partial" if started_marker(s).exists() else "todo")
+        print(f"  [{state:>7}] {s.name:<32} <- {', '.join(s.deps) or '-'}")
+        models, data = _reads(s)
+        for m in models:
+            check_model(m, s.name)
+        for d in data:
+            check_data(d, s.name)
+    if cfg.teacher.path.startswith(("http://", "https://")) and not cfg.teacher.eval_path:
+        print("  note: the teacher is served over HTTP and has no teacher.eval_path, so it is not evaluated")
+    for problem, needed_by in found.items():
+        print(f"  missing: {problem}\n           needed by: {', '.join(dict.fromkeys(needed_by))}")
+    print("ready" if not found else f"{len(found)} problem(s): the study cannot run until they are fixed")
+    return list(found)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="configs/toy.toml", help="study TOML (default: configs/toy.toml)")
+    parser.add_argument("--out", default=None, help="run directory (default: <out_root>/<name>)")
+    parser.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="STEP",
+        help="redo STEP (and everything downstream); a prefix like 'eval', 'stage1' or 'grpo' names a group",
+    )
+    parser.add_argument("--only", action="append", default=[], metavar="STEP", help="run only these steps")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the plan and check paths, models and servers"
+    )
+    parser.add_argument("--jobs", type=int, default=None, help="steps run side by side (overrides run.jobs)")
+    parser.add_argument("--quiet", action="store_true", help="no live progress display")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_study(args.config)
+        if args.jobs:
+            cfg = replace(cfg, run=replace(cfg.run, jobs=args.jobs))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    root = Path(args.out) if args.out else Path(cfg.out_root) / cfg.name
+    if args.dry_run:
+        return 1 if dry_run(cfg, root) else 0
+    # The report reads the arms (names, labels, order) from here.
+    atomic_write_text(root / "study_config.json", json.dumps(to_dict(cfg), indent=2))
+    try:
+        summary = execute(cfg, root, force=args.force, only=args.only or None, show_progress=not args.quiet)
+    except (ConfigError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    print(f"report: {root / 'report.html'}  {root / 'report.md'}")
+    return 0

@@ -1,0 +1,245 @@
+"""The study's configuration: data, the two models, the Stage-1 arms, Stage-2, eval and execution.
+
+Every stage table is the stage's own config class (defaults live there, once); the
+study fills in the paths it owns (``init``, ``data``, ``teacher``, ``out_dir``) and the
+study-level ``[rollout]`` table when it plans (:mod:`warmstart.study.plan`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from warmstart.config import ConfigError, from_dict, read_toml
+from warmstart.data.synthetic import SynthConfig
+from warmstart.evaluate import EvalSettings
+from warmstart.sampler import RolloutConfig
+from warmstart.stages.grpo import GRPOConfig
+from warmstart.stages.pretrain import PretrainConfig
+from warmstart.study.arms import ArmConfig, stage1_runs
+
+__all__ = [
+    "GRPO_PRESETS",
+    "DataConfig",
+    "ModelSource",
+    "RunSettings",
+    "SplitRef",
+    "StudyConfig",
+    "deep_merge",
+    "load_study",
+    "parse_study",
+]
+
+
+@dataclass(frozen=True)
+class SplitRef:
+    """One split of one problem source.
+
+    Attributes:
+        path: file or folder understood by ``load_problems``.
+        split: split name inside it (``None``: the whole file).
+        limit: use only the first N problems (0 = all).
+    """
+
+    path: str = ""
+    split: str | None = None
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the problems come from.
+
+    Attributes:
+        kind: ``synthetic`` (the study generates the embedded world into ``<run>/data``)
+            or ``files`` (the three splits below point at real data).
+        synth: generator settings for ``kind = "synthetic"``.
+        train: training problems (Stage-1 and Stage-2) for ``kind = "files"``.
+        validation: in-domain evaluation split (also SFT validation) for ``kind = "files"``.
+        ood: out-of-domain evaluation split for ``kind = "files"``.
+    """
+
+    kind: Literal["synthetic", "files"] = "synthetic"
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    train: SplitRef = field(default_factory=SplitRef)
+    validation: SplitRef = field(default_factory=SplitRef)
+    ood: SplitRef = field(default_factory=SplitRef)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The base student or the teacher.
+
+    Attributes:
+        path: checkpoint directory or hub id (teacher: also an ``http://`` URL of a
+            server speaking the OpenAI protocol with ``prompt_logprobs``). Empty with
+            ``pretrain``: the study trains a toy model itself.
+        pretrain: stage-0 settings when the study builds this model from scratch (the
+            study sets ``data``, ``out_dir`` and ``rollout``).
+        eval_path: checkpoint to evaluate when ``path`` is a server URL (evaluation samples
+            in-process); empty: a served teacher is not evaluated.
+    """
+
+    path: str = ""
+    pretrain: PretrainConfig | None = None
+    eval_path: str = ""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How the study executes.
+
+    Attributes:
+        jobs: steps run side by side (worker processes).
+        threads_per_job: torch threads in each worker.
+        device: torch device for every stage.
+    """
+
+    jobs: int = 2
+    threads_per_job: int = 1
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The whole two-stage study.
+
+    Attributes:
+        name: study name; outputs go to ``<out_root>/<name>``.
+        out_root: parent folder of run directories.
+        data: problem sources.
+        student: the base student.
+        teacher: the teacher (OPD, and teacher-generated SFT solutions if chosen).
+        arm: the Stage-1 arms (``[[arm]]`` tables), in report order; the first is the
+            reference arm of paired differences. Each gets a Stage-2 run from its checkpoint.
+        grpo: Stage-2 settings, the same for every arm (the study sets ``init``,
+            ``data``, ``train_split``, ``out_dir`` and ``rollout``).
+        grpo_preset: named Stage-2 preset (``geo3k-easyr1``) or empty; the ``[grpo]``
+            table overrides its values. Applied when the file is read (:func:`parse_study`),
+            so ``grpo`` holds the merged settings.
+        rollout: the sampling engine of every stage and every evaluation.
+        eval: evaluation settings of every model (the study sets ``rollout``).
+        run: execution settings.
+    """
+
+    name: str = "toy"
+    out_root: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    student: ModelSource = field(default_factory=ModelSource)
+    teacher: ModelSource = field(default_factory=ModelSource)
+    arm: tuple[ArmConfig, ...] = ()
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    grpo_preset: str = ""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    def validate(self) -> None:
+        if self.data.kind == "files":
+            for name in ("train", "validation", "ood"):
+                if not getattr(self.data, name).path:
+                    raise ConfigError(f"data.{name}.path is required when data.kind = 'files'")
+        for who in ("student", "teacher"):
+            src = getattr(self, who)
+            if not src.path and src.pretrain is None:
+                raise ConfigError(
+                    f"{who}: give a path (checkpoint, hub id or URL) or a [{who}.pretrain] table"
+                )
+        if self.grpo_preset and self.grpo_preset not in GRPO_PRESETS:
+            raise ConfigError(f"grpo_preset {self.grpo_preset!r} is not one of {sorted(GRPO_PRESETS)}")
+        if not self.arm:
+            raise ConfigError("no Stage-1 arm: add at least one [[arm]] table")
+        names = [a.name for a in self.arm]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"arm names must be unique, got {names}")
+        stage1_runs(self.arm)  # raises on two arms that are the same model
+        # The study-level [rollout] is the engine of every stage: a stage's own table would be ignored.
+        tables = [(f"arm {a.name}: {a.method}", a.stage) for a in self.arm] + [("grpo", self.grpo)]
+        tables += [(f"{w}.pretrain", getattr(self, w).pretrain) for w in ("student", "teacher")]
+        tables += [("eval", self.eval)]
+        for where, cfg in tables:
+            if cfg is not None and cfg.rollout != RolloutConfig():
+                raise ConfigError(f"{where}.rollout: set the sampling engine in the study's [rollout] table")
+        self._check_sft_validation_split()
+
+    def _check_sft_validation_split(self) -> None:
+        """SFT early stopping must select on a split other than the reported in-domain one.
+
+        Otherwise the reported in-domain accuracy of the SFT arms carries selection bias
+        (synthetic data: validate on ``test``).
+        """
+        if self.data.kind == "synthetic":
+            same_source, reported = True, "validation"
+        else:
+            same_source = self.data.train.path == self.data.validation.path
+            reported = self.data.validation.split or "validation"
+        for a in self.arm:
+            if a.method == "sft" and same_source and a.stage.val_split == reported:
+                raise ConfigError(
+                    f"arm {a.name}: sft.val_split = {reported!r} is the split the study reports; "
+                    "early stopping on it biases the reported accuracy (synthetic data: use 'test')"
+                )
+
+
+# The widely used Geometry3K GRPO recipe (EasyR1's example), written out explicitly.
+GRPO_PRESETS: dict[str, dict[str, Any]] = {
+    "geo3k-easyr1": {
+        "optim": {
+            "lr": 1e-6,
+            "weight_decay": 0.01,
+            "warmup_steps": 0,
+            "grad_clip": 1.0,
+            "schedule": "constant",
+            "dtype": "bfloat16",
+        },
+        "prompts_per_step": 512,  # rollout batch
+        "mini_batches": 4,  # update batch 128 = 512 / 4
+        "update_epochs": 1,
+        "n": 5,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "max_prompt_tokens": 2048,
+        "max_new_tokens": 2048,
+        "reward": "0.9*accuracy+0.1*format",
+        "advantage": "grpo",
+        # clip_high 0.3 is this recipe's clip-higher; most frameworks default to 0.2 for both.
+        "loss": {
+            "policy_loss": "ppo_clip",
+            "agg": "token-mean",
+            "clip_low": 0.2,
+            "clip_high": 0.3,
+            "kl_coef": 0.01,
+            "kl_estimator": "k3",
+        },
+        # 15 epochs over the 2,101 Geometry3K training problems at 512 prompts per step.
+        "steps": 62,
+    }
+}
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over``'s values on top, nested tables merged key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_study(data: dict[str, Any]) -> StudyConfig:
+    """The study from a TOML-shaped dict: the ``[grpo]`` table merged over ``grpo_preset``."""
+    preset = data.get("grpo_preset", "")
+    if preset and preset not in GRPO_PRESETS:
+        raise ConfigError(f"grpo_preset {preset!r} is not one of {sorted(GRPO_PRESETS)}")
+    if preset:
+        data = {**data, "grpo": deep_merge(GRPO_PRESETS[preset], data.get("grpo", {}))}
+    return from_dict(StudyConfig, data)
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read a study TOML file (errors name the file and the dotted key)."""
+    data = read_toml(path)
+    try:
+        return parse_study(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,0 +1,239 @@
+"""Running the plan: one step in a worker process, and the scheduler that runs them side by side.
+
+A step's key is stored in ``<root>/.steps/<step>.done.json`` when it finishes; a
+re-run skips steps whose key matches, continues an interrupted step (``started``
+marker with the same key) from its last checkpoint, and redoes a step whose key
+changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from warmstart.atomic import atomic_write_text
+from warmstart.config import ConfigError
+from warmstart.study.arms import METHODS
+from warmstart.study.config import StudyConfig
+from warmstart.study.plan import Step, plan
+
+__all__ = [
+    "done_marker",
+    "execute",
+    "is_done",
+    "run_step",
+    "started_marker",
+    "write_best_arm",
+    "write_early_arm",
+]
+
+
+def _marker(step: Step, what: str) -> Path:
+    return step.root / ".steps" / f"{step.name.replace(':', '__')}.{what}.json"
+
+
+def done_marker(step: Step) -> Path:
+    return _marker(step, "done")
+
+
+def started_marker(step: Step) -> Path:
+    return _marker(step, "started")
+
+
+def is_done(step: Step) -> bool:
+    f = done_marker(step)
+    return f.exists() and json.loads(f.read_text()).get("key") == step.key
+
+
+def run_step(step: Step, threads: int, show_progress: bool = False) -> dict:
+    """Execute one step in this process (called in a worker)."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    started = started_marker(step)
+    resume = started.exists() and json.loads(started.read_text()).get("key") == step.key
+    if not resume and step.kind != "report" and step.out.exists():
+        shutil.rmtree(step.out) if step.out.is_dir() else step.out.unlink()
+    atomic_write_text(started, json.dumps({"key": step.key}))
+    t0 = time.time()
+    job = step.job
+    if step.kind == "data":
+        from warmstart.data.synthetic import generate
+
+        result = generate(job, step.out)
+    elif step.kind == "pretrain":
+        from warmstart.stages.pretrain import pretrain
+
+        result = pretrain(job, resume=resume, show_progress=show_progress)
+    elif step.kind == "stage1":
+        result = METHODS[job.method].train(job.config, resume=resume, show_progress=show_progress)
+        for arm_dir in job.best_arms:
+            write_best_arm(step.out, Path(arm_dir), result)
+    elif step.kind == "grpo":
+        from warmstart.stages.grpo import train_grpo
+
+        result = train_grpo(job, resume=resume, show_progress=show_progress)
+    elif step.kind == "eval":
+        from warmstart.evaluate import evaluate_to_file
+
+        result = evaluate_to_file(out=step.out, show_progress=show_progress, **job.arguments())
+    elif step.kind == "report":
+        from warmstart.report import build_report
+
+        result = build_report(step.out)
+    else:  # pragma: no cover - plan() only makes the kinds above
+        raise ValueError(step.kind)
+    info = {"key": step.key, "seconds": time.time() - t0, "result": _summary(result)}
+    atomic_write_text(done_marker(step), json.dumps(info, indent=2, default=str))
+    return info
+
+
+def write_best_arm(run_dir: Path, arm_dir: Path, result: dict) -> None:
+    """Give an arm that is a run's ``best/`` its own folder: the run's training log up to the best step.
+
+    The over-trained SFT run passes through the early arm's best checkpoint (``best/``,
+    the same weights a standalone early run would keep: same seed, same data order),
+    so the study trains SFT once and reads both arms from it.
+    """
+    rows = [ln for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    keep = [ln for ln in rows if json.loads(ln)["step"] <= result["best_step"]]
+    atomic_write_text(arm_dir / "metrics.jsonl", "".join(ln + "\n" for ln in keep))
+    info = {
+        "derived_from": str(run_dir),
+        "model": result["early_model"],
+        "best_step": result["best_step"],
+        "best_val_accuracy": result["best_val_accuracy"],
+    }
+    atomic_write_text(arm_dir / "result.json", json.dumps(info, indent=2))
+
+
+write_early_arm = write_best_arm  # the name before arms were data
+
+
+def _summary(result: Any) -> Any:
+    if isinstance(result, dict):
+        return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    return str(result)[:200]
+
+
+def _worker(step: Step, threads: int, queue) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        info = run_step(step, threads)
+        queue.put((step.name, "ok", info))
+    except BaseException as e:  # report every failure to the parent, never hang it
+        queue.put((step.name, "error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+
+
+def _progress_units(step: Step) -> int:
+    """Training steps logged so far (from metrics.jsonl), for the live display."""
+    m = step.out / "metrics.jsonl"
+    if step.kind not in ("pretrain", "stage1", "grpo") or not m.exists():
+        return 0
+    try:
+        last = m.read_text().strip().splitlines()[-1]
+        return int(json.loads(last)["step"])
+    except (IndexError, ValueError, KeyError):
+        return 0
+
+
+def _forced(steps: list[Step], force: list[str]) -> set[str]:
+    """The steps ``--force`` names (a name or a group prefix like ``eval``) and everything downstream."""
+    by_name = {s.name: s for s in steps}
+    for f in force:
+        if f not in by_name and not any(n.startswith(f + ":") for n in by_name):
+            raise ConfigError(f"--force {f!r}: no such step; steps: {', '.join(by_name)}")
+    forced = {n for n in by_name for f in force if n == f or n.startswith(f + ":")}
+    for s in steps:  # dependency order: a step's deps come before it
+        if any(d in forced for d in s.deps):
+            forced.add(s.name)
+    return forced
+
+
+def execute(
+    cfg: StudyConfig,
+    root: Path,
+    force: list[str] | None = None,
+    only: list[str] | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Run every step not already done, ``run.jobs`` at a time; returns per-step timing."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from warmstart.stages.common import progress_columns
+
+    steps = plan(cfg, root)
+    by_name = {s.name: s for s in steps}
+    for n in _forced(steps, force or []):
+        for f in (done_marker(by_name[n]), started_marker(by_name[n])):
+            f.unlink(missing_ok=True)
+    todo = [s for s in steps if not is_done(s)]
+    if only:
+        todo = [s for s in todo if s.name in only]
+    timings: dict[str, Any] = {
+        s.name: json.loads(done_marker(s).read_text())["seconds"] for s in steps if is_done(s)
+    }
+    console = Console(stderr=True)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    running: dict[str, Any] = {}
+    pending = list(todo)
+    failed: dict[str, str] = {}
+    t_start = time.time()
+    cols = progress_columns("{task.description:<28}")
+    with Progress(*cols, console=console, disable=not show_progress) as prog:
+        overall = prog.add_task(f"study {cfg.name}", total=len(steps), completed=len(steps) - len(todo))
+        tasks: dict[str, Any] = {}
+        while pending or running:
+            ready = [s for s in pending if all(d not in failed and (is_done(by_name[d])) for d in s.deps)]
+            blocked = [s for s in pending if any(d in failed for d in s.deps)]
+            for s in blocked:
+                pending.remove(s)
+                failed[s.name] = "skipped: an input step failed"
+            while ready and len(running) < cfg.run.jobs:
+                s = ready.pop(0)
+                pending.remove(s)
+                proc = ctx.Process(target=_worker, args=(s, cfg.run.threads_per_job, queue), daemon=False)
+                proc.start()
+                running[s.name] = (proc, time.time())
+                tasks[s.name] = prog.add_task(s.name, total=s.total or None)
+            try:
+                name, status, info = queue.get(timeout=1.0)
+            except Exception:  # queue.Empty: refresh the live display
+                for n, task in tasks.items():
+                    if n in running and by_name[n].total:
+                        prog.update(task, completed=_progress_units(by_name[n]))
+                for n, (proc, _) in list(running.items()):
+                    if not proc.is_alive() and proc.exitcode not in (0, None):
+                        failed[n] = f"worker died with exit code {proc.exitcode}"
+                        running.pop(n)
+                        prog.remove_task(tasks.pop(n))
+                continue
+            proc, t0 = running.pop(name)
+            proc.join()
+            prog.remove_task(tasks.pop(name))
+            prog.advance(overall)
+            if status == "ok":
+                timings[name] = info["seconds"]
+            else:
+                failed[name] = info
+                console.print(f"[red]step {name} failed[/red]:\n{info}")
+    summary = {
+        "wall_s": time.time() - t_start,
+        "ran": [s.name for s in todo if s.name in timings and s.name not in failed],
+        "steps_s": timings,
+        "failed": sorted(failed),
+    }
+    atomic_write_text(root / "study_timing.json", json.dumps(summary, indent=2))
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} step(s) failed: {', '.join(sorted(failed))}; fix and re-run to continue"
+        )
+    return summary
