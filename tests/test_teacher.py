@@ -472,3 +472,125 @@ def test_non_canonical_sample_is_told_apart_from_a_tokenizer_difference(teacher,
     rollouts = make_rollouts(teacher.processor, [(0, text, "stop")], ids_override={0: split})
     with pytest.raises(TeacherError, match=r"row 0 .*not the canonical tokenization"):
         HTTPScorer(server_url, tokenizer=tok, **FAST).score(rollouts)
+
+
+# ---------------------------------------------------------------------------------------------
+# every reply is validated: values (finite, <= 0) and length, naming the URL and the row
+
+TWO_ROWS = [(0, "\\boxed{21}", "stop"), (1, "\\boxed{B}", "stop")]
+
+
+def _row_reply(rollouts, b, prefix=(1, 2), logp=-0.5):
+    n = int(rollouts.response_mask_BT[b].sum())
+    ids = rollouts.response_ids_BT[b, :n].tolist()
+    return json.loads(vllm_reply(list(prefix), ids, [logp] * n))
+
+
+def _per_row(rollouts, corrupt):
+    """A reply callable: row 0 answered correctly, row 1 (problem 'sq') passed through ``corrupt``."""
+
+    def reply(body):
+        b = 1 if body["messages"][-1]["content"].startswith("\\boxed{B}") else 0
+        data = _row_reply(rollouts, b)
+        return json.dumps(corrupt(data) if b == 1 else data)
+
+    return reply
+
+
+@pytest.mark.parametrize("bad", [5.0, float("nan"), float("inf"), float("-inf"), 1e-3])
+def test_impossible_teacher_logprob_names_the_url_and_the_row(teacher, fake, bad):
+    rollouts = make_rollouts(teacher.processor, TWO_ROWS)
+
+    def corrupt(data):
+        entry = data["prompt_logprobs"][-2]
+        next(iter(entry.values()))["logprob"] = bad  # json.dumps writes NaN / Infinity as vLLM may
+        return data
+
+    f = fake([(200, _per_row(rollouts, corrupt))])
+    with pytest.raises(TeacherError) as e:
+        HTTPScorer(f.url, model_name="m", batch_size=1, **FAST).score(rollouts)
+    msg = str(e.value)
+    assert f.url + "/v1/chat/completions" in msg
+    assert "row 1 (problem 'sq')" in msg and "impossible log-prob" in msg and "finite and <= 0" in msg
+
+
+def test_float_noise_above_zero_is_accepted_unchanged(teacher, fake):
+    # A log-softmax of a near-certain token can round to a hair above 0: within the tolerance.
+    rollouts = _one_row(teacher)
+    n = int(rollouts.response_mask_BT[0].sum())
+    f = fake([(200, json.dumps(_row_reply(rollouts, 0, logp=5e-5)))])
+    got = HTTPScorer(f.url, model_name="m", **FAST).score(rollouts)
+    assert torch.equal(got.logp_BT[0, :n], torch.full((n,), 5e-5))
+
+
+@pytest.mark.parametrize("with_usage", [False, True])
+@pytest.mark.parametrize("cut", [1, 3])
+def test_truncated_reply_is_not_called_a_tokenizer_difference(teacher, fake, cut, with_usage):
+    rollouts = make_rollouts(teacher.processor, TWO_ROWS)
+
+    def corrupt(data):
+        full = len(data["prompt_logprobs"])
+        data["prompt_logprobs"] = data["prompt_logprobs"][:-cut]
+        if with_usage:  # vLLM always sends usage; its prompt_tokens is the list's true length
+            data["usage"] = {"prompt_tokens": full, "completion_tokens": 1, "total_tokens": full + 1}
+        return data
+
+    f = fake([(200, _per_row(rollouts, corrupt))])
+    with pytest.raises(TeacherError) as e:
+        HTTPScorer(f.url, model_name="m", tokenizer=teacher.processor.tokenizer, batch_size=1, **FAST).score(
+            rollouts
+        )
+    msg = str(e.value)
+    assert f.url + "/v1/chat/completions" in msg and "row 1 (problem 'sq')" in msg
+    assert "reply too short" in msg and "tokenizer" not in msg
+
+
+def test_overlong_reply_is_not_called_a_tokenizer_difference(teacher, fake):
+    rollouts = make_rollouts(teacher.processor, TWO_ROWS)
+
+    def corrupt(data):
+        data["prompt_logprobs"] += [{"7": {"logprob": -1.0, "rank": 1, "decoded_token": "x"}}] * 2
+        return data
+
+    f = fake([(200, _per_row(rollouts, corrupt))])
+    with pytest.raises(TeacherError) as e:
+        HTTPScorer(f.url, model_name="m", batch_size=1, **FAST).score(rollouts)
+    msg = str(e.value)
+    assert f.url + "/v1/chat/completions" in msg and "row 1 (problem 'sq')" in msg
+    assert "reply too long" in msg and "tokenizer" not in msg
+
+
+def test_real_token_mismatch_names_the_url_too(teacher, fake):
+    rollouts = make_rollouts(teacher.processor, [(1, "\\boxed{B}", "stop")])
+    n = int(rollouts.response_mask_BT[0].sum())
+    ids = rollouts.response_ids_BT[0, :n].tolist()
+    f = fake([(200, vllm_reply([1, 2], ids[:1] + [ids[1] + 1] + ids[2:], [-0.5] * n))])
+    with pytest.raises(TeacherError) as e:
+        HTTPScorer(f.url, model_name="m", **FAST).score(rollouts)
+    assert f.url + "/v1/chat/completions" in str(e.value) and "too short" not in str(e.value)
+
+
+def test_in_process_teacher_with_nan_weights_is_a_clear_error(toy_dir):
+    broken = load_policy(toy_dir)
+    with torch.no_grad():
+        broken.model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(
+        TeacherError, match=r"in-process teacher .*impossible log-prob nan .*row 0 \(problem 'tri'\)"
+    ):
+        InProcessScorer(broken.model).score(make_rollouts(broken.processor))
+
+
+# ---------------------------------------------------------------------------------------------
+# the server survives hostile JSON
+
+
+def test_deeply_nested_json_gets_a_400_and_the_server_keeps_serving(server_url):
+    deep = b"[" * 100000 + b"]" * 100000
+    status, reply = _post(server_url, deep)
+    assert status == 400 and "nest" in reply["error"]["message"]
+    deep_inside = b'{"messages": [{"role": "user", "content": "hi", "x": ' + deep + b"}]}"
+    status, reply = _post(server_url, deep_inside)
+    assert status == 400 and "nest" in reply["error"]["message"]
+    body = {"messages": [{"role": "user", "content": "hi"}], "prompt_logprobs": 0}
+    status, reply = _post(server_url, json.dumps(body).encode())
+    assert status == 200 and reply["prompt_logprobs"][0] is None

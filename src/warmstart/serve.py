@@ -29,8 +29,10 @@ tokens; ``prompt_token_ids`` lists the prompt ids (vLLM's field of that name).
 or an empty completion (``max_tokens`` 0): this server scores, it does not generate
 longer texts, and says so with a 400 when asked for more.
 
-Malformed requests get HTTP 400 with ``{"error": {"message", "type", "code"}}``; an
-unknown ``model`` gets 404, as vLLM answers it.
+Malformed requests get HTTP 400 with ``{"error": {"message", "type", "code"}}`` (so
+does JSON nested deeper than Python's recursion limit allows to parse); an unknown
+``model`` gets 404, as vLLM answers it. Every request gets a reply: a failure inside
+the model is a 500 with the same error body, and the server keeps serving.
 """
 
 from __future__ import annotations
@@ -327,6 +329,10 @@ def _handler_class(scorer: ScoringModel) -> type[BaseHTTPRequestHandler]:
                 body = json.loads(raw)
             except ValueError as e:
                 self._error(400, f"request body is not JSON: {e}")
+                return
+            except RecursionError:
+                # e.g. 100k nested arrays: the parser's recursion limit, not a reason to drop the reply
+                self._error(400, "request body nests JSON too deeply (over ~1000 levels)")
                 return
             try:
                 reply = scorer.chat_completion(body)

@@ -53,6 +53,21 @@ has ``"ab"``), or bytes that are not valid UTF-8 on their own. A text protocol
 cannot carry those last two; the error says which cause applies when the student's
 tokenizer is given.
 
+**Reply validation.** Every reply is checked before its numbers are used, and each
+failure raises :class:`TeacherError` naming the URL and the row (batch row and problem
+id):
+
+* every scored log-prob is finite and ``<= LOGPROB_TOLERANCE`` (``1e-4``): a log-prob
+  is never positive, but a log-softmax of a near-certain token can round a hair above
+  0 in float32; such values are kept unchanged (so valid runs are bit-identical);
+* the reply has exactly as many positions as the server says the prompt has
+  (``usage.prompt_tokens``, which vLLM always sends, and ``prompt_token_ids`` where
+  given);
+* when the student's ids do not line up with the teacher's, a reply that holds them
+  shifted by a whole number of positions (rigidly, over at least ``min(n, 3)``
+  positions) is reported as *too short* or *too long* (a truncated or padded reply),
+  not as a tokenizer difference.
+
 **Serving the teacher with vLLM.** e.g. ``vllm serve Qwen/Qwen2.5-VL-72B-Instruct
 --tensor-parallel-size 8``. Recent vLLM ignores the prefix cache for requests that ask
 for prompt log-probs (it recomputes them); older releases returned wrong values or
@@ -75,6 +90,7 @@ import base64
 import http.client
 import io
 import json
+import math
 import threading
 import time
 import urllib.error
@@ -90,6 +106,9 @@ if TYPE_CHECKING:
     from warmstart.rollout import Rollouts
 
 DEFAULT_EOS_TEXT = "<|im_end|>"  # Qwen2/2.5(-VL) chat models end an assistant turn with it
+# A log-prob above 0 is impossible; float32 log-softmax noise can give a hair above it. Values in
+# (0, LOGPROB_TOLERANCE] are accepted as they are, anything larger (or non-finite) is an error.
+LOGPROB_TOLERANCE = 1e-4
 
 
 class TeacherError(RuntimeError):
@@ -126,9 +145,30 @@ class InProcessScorer(Scorer):
     def score(self, rollouts: Rollouts) -> TokenScores:
         # no_grad: the teacher is a fixed target, never trained through.
         with torch.no_grad():
-            return score_rollouts(
+            scores = score_rollouts(
                 self.model, rollouts, with_entropy=self.with_entropy, chunk_size=self.chunk_size, grad=False
             )
+        _check_logprobs(scores.logp_BT, rollouts)
+        return scores
+
+
+def _row_name(rollouts: Rollouts, b: int) -> str:
+    """``row <b> (problem <id>)``: the batch row and the problem it samples."""
+    q = int(rollouts.prompt_index_B[b])
+    return f"row {b} (problem {rollouts.prompts.problems[q].id!r})"
+
+
+def _check_logprobs(logp_BT: torch.Tensor, rollouts: Rollouts) -> None:
+    """In-process teacher output: finite and <= LOGPROB_TOLERANCE on every real response token."""
+    mask_BT = rollouts.response_mask_BT.to(logp_BT.device)
+    bad_BT = mask_BT & ~(torch.isfinite(logp_BT) & (logp_BT <= LOGPROB_TOLERANCE))
+    if bool(bad_BT.any()):  # one sync per batch; the rows are found only on failure
+        b, t = (int(i) for i in bad_BT.nonzero()[0])
+        raise TeacherError(
+            f"in-process teacher gave an impossible log-prob {float(logp_BT[b, t])} at "
+            f"{_row_name(rollouts, b)}, response position {t}: log-probs must be finite and <= 0 "
+            "(a teacher with non-finite weights?)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,56 +382,124 @@ class HTTPScorer(Scorer):
         }
         url = self.base_url + "/v1/chat/completions"
         data = self._json("POST", "/v1/chat/completions", body)
+        row = _row_name(rollouts, b)
         plp = data.get("prompt_logprobs") if isinstance(data, dict) else None
         if not isinstance(plp, list):
             raise TeacherError(
-                f"malformed response from {url}: no prompt_logprobs list (row {b}); "
+                f"malformed response from {url}: no prompt_logprobs list ({row}); "
                 "is the server vLLM (or `warmstart serve`) with prompt_logprobs support?"
+            )
+        # The reply must cover the whole prompt: as many positions as the server says it has.
+        usage = data.get("usage")
+        said = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        if isinstance(said, int) and not isinstance(said, bool) and said != len(plp):
+            raise TeacherError(
+                f"malformed response from {url}: reply too {'short' if len(plp) < said else 'long'} for "
+                f"{row}: prompt_logprobs has {len(plp)} positions but usage.prompt_tokens is {said}"
             )
         # Scored span: the last n positions, or the n before the terminator.
         end = len(plp) if eos_last else len(plp) - 1
         start = end - n
         if start < 1:  # position 0 has no log-prob, so at least one prompt token must precede
             raise TeacherError(
-                f"malformed response from {url}: prompt_logprobs has {len(plp)} positions, "
-                f"too few for {n} response tokens (row {b})"
+                f"malformed response from {url}: reply too short for {row}: prompt_logprobs has "
+                f"{len(plp)} positions, too few for {n} response tokens"
             )
         server_ids = data.get("prompt_token_ids")
         if server_ids is not None and not (isinstance(server_ids, list) and len(server_ids) == len(plp)):
             raise TeacherError(
                 f"malformed response from {url}: prompt_token_ids is not a list as long as "
-                f"prompt_logprobs ({len(plp)}) (row {b})"
+                f"prompt_logprobs ({len(plp)}) ({row})"
             )
-        logps = []
-        for t, pos in enumerate(range(start, end)):
-            entry = plp[pos]
-            if not isinstance(entry, dict) or not entry:
-                raise TeacherError(
-                    f"malformed response from {url}: prompt_logprobs[{pos}] is {entry!r}, expected a dict (row {b})"
-                )
-            # With prompt_logprobs=0 the dict holds just the actual prompt token; where the server
-            # also sends prompt_token_ids (vLLM with return_token_ids), that names it for sure.
-            if server_ids is not None:
-                key = str(server_ids[pos])
-            elif len(entry) == 1:
-                key = next(iter(entry))
-            else:
-                raise TeacherError(
-                    f"malformed response from {url}: prompt_logprobs[{pos}] has {len(entry)} tokens and "
-                    f"no prompt_token_ids say which was the prompt's (row {b})"
-                )
-            try:
-                teacher_id = int(key)
-                lp = float(entry[key]["logprob"])
-            except (KeyError, TypeError, ValueError):
-                raise TeacherError(
-                    f"malformed response from {url}: prompt_logprobs[{pos}] = {str(entry)[:200]} has no "
-                    f"logprob for token {key!r} (row {b})"
-                ) from None
-            if teacher_id != ids[t]:
-                self._raise_mismatch(rollouts, b, t, ids, teacher_id, content, eos_last)
+        teacher_ids: list[int] = []
+        logps: list[float] = []
+        for pos in range(start, end):
+            teacher_id, lp = self._entry(plp, pos, server_ids, url, row)
+            teacher_ids.append(teacher_id)
             logps.append(lp)
+        # The reply's own faults first (impossible values), then the cross-check with the student.
+        for t, lp in enumerate(logps):
+            if not (math.isfinite(lp) and lp <= LOGPROB_TOLERANCE):
+                raise TeacherError(
+                    f"teacher at {url} returned an impossible log-prob {lp} for {row} at response "
+                    f"position {t} (prompt_logprobs[{start + t}]): log-probs must be finite and <= 0"
+                )
+        for t, teacher_id in enumerate(teacher_ids):
+            if teacher_id != ids[t]:
+                self._raise_shifted(plp, server_ids, ids, eos_last, url, row)
+                self._raise_mismatch(rollouts, b, t, ids, teacher_id, content, eos_last, url)
         return logps
+
+    @staticmethod
+    def _entry(plp: list, pos: int, server_ids: list | None, url: str, row: str) -> tuple[int, float]:
+        """(token id, log-prob) of the prompt token at ``pos`` of a ``prompt_logprobs`` list."""
+        entry = plp[pos]
+        if not isinstance(entry, dict) or not entry:
+            raise TeacherError(
+                f"malformed response from {url}: prompt_logprobs[{pos}] is {entry!r}, expected a dict ({row})"
+            )
+        # With prompt_logprobs=0 the dict holds just the actual prompt token; where the server
+        # also sends prompt_token_ids (vLLM with return_token_ids), that names it for sure.
+        if server_ids is not None:
+            key = str(server_ids[pos])
+        elif len(entry) == 1:
+            key = next(iter(entry))
+        else:
+            raise TeacherError(
+                f"malformed response from {url}: prompt_logprobs[{pos}] has {len(entry)} tokens and "
+                f"no prompt_token_ids say which was the prompt's ({row})"
+            )
+        try:
+            return int(key), float(entry[key]["logprob"])
+        except (KeyError, TypeError, ValueError):
+            raise TeacherError(
+                f"malformed response from {url}: prompt_logprobs[{pos}] = {str(entry)[:200]} has no "
+                f"logprob for token {key!r} ({row})"
+            ) from None
+
+    @staticmethod
+    def _raise_shifted(
+        plp: list, server_ids: list | None, ids: list[int], eos_last: bool, url: str, row: str
+    ) -> None:
+        """Raise "reply too short/long" when the reply holds the student's ids rigidly shifted.
+
+        A reply cut short by ``d`` positions (or padded by ``-d``) has the response tokens ``d``
+        positions later than the span read from its end. The smallest such shift wins; it must
+        cover at least ``min(n, 3)`` positions, all equal, so a real tokenizer difference is
+        not mistaken for one.
+        """
+
+        def tid(pos: int) -> int | None:
+            if server_ids is not None:
+                try:
+                    return int(server_ids[pos])
+                except (TypeError, ValueError):
+                    return None
+            entry = plp[pos]
+            if isinstance(entry, dict) and len(entry) == 1:
+                try:
+                    return int(next(iter(entry)))
+                except ValueError:
+                    return None
+            return None
+
+        n, L = len(ids), len(plp)
+        off = 0 if eos_last else 1  # the terminator's position after a length row's response
+        for d in sorted(range(-(L - 1), n), key=lambda x: (abs(x), x)):
+            if d == 0:
+                continue
+            s = L + d - off - n  # where the response would start in the reply
+            positions = range(max(1, s), min(L, s + n))
+            if len(positions) < min(n, 3):
+                continue
+            if all(tid(p) == ids[p - s] for p in positions):
+                how = f"too short: {d} positions missing" if d > 0 else f"too long: {-d} extra positions"
+                raise TeacherError(
+                    f"malformed response from {url}: reply {how} at the end for {row} (its "
+                    f"{len(plp)} prompt_logprobs hold the student's response tokens {abs(d)} "
+                    f"positions {'later' if d > 0 else 'earlier'} than a complete reply would); a "
+                    "truncated or padded reply (a proxy or server fault), not a token mismatch"
+                )
 
     def _raise_mismatch(
         self,
@@ -402,11 +510,12 @@ class HTTPScorer(Scorer):
         teacher_id: int,
         content: str,
         eos_last: bool,
+        url: str,
     ) -> None:
         q = int(rollouts.prompt_index_B[b])
         problem = rollouts.prompts.problems[q]
         msg = (
-            f"teacher tokens differ from the student's in row {b} (problem {problem.id!r}) at response "
+            f"teacher at {url}: teacher tokens differ from the student's in row {b} (problem {problem.id!r}) at response "
             f"position {t}: student id {ids[t]}, teacher id {teacher_id}"
         )
         tok = self.tokenizer

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -47,7 +48,9 @@ __all__ = [
     "LossConfig",
     "OptimConfig",
     "RunDir",
+    "EXPLODED_NORM_FACTOR",
     "StepStats",
+    "TrainingDiverged",
     "Timer",
     "TrainBatch",
     "Trainer",
@@ -61,6 +64,20 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The explosion guard: after every optimizer step the global parameter norm must stay finite
+# and below this multiple of its value when training started (the init's norm, kept in the
+# trainer state so a resumed run uses the same reference). Adam moves each weight by about ``lr`` per step, so a valid run (lr
+# 1e-3, a few thousand steps) grows the norm by a small factor; an absurd learning rate
+# (1e30) multiplies it by ~1e30 in one step. Exceeding it aborts the stage before the blown
+# weights reach any checkpoint, ``best/`` or ``final/``.
+EXPLODED_NORM_FACTOR = 1e3
+
+TRAINER_STATE = "trainer_state.pt"  # torch.save of tensors and plain containers only
+
+
+class TrainingDiverged(RuntimeError):
+    """A stage's training diverged (non-finite steps in a row, or exploded weights); nothing was saved."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +167,8 @@ class StepStats:
         num_tokens: valid response tokens of the global batch.
         entropy: token mean of the full-vocabulary entropy of the trained tokens (0 when not scored).
         kl: the KL-to-reference term (0 when off).
-        skipped: the step was skipped (non-finite loss or gradient).
+        skipped: the step was skipped (non-finite loss or gradient); its ``loss`` and
+            ``pg_loss`` are then NaN (stages log them as ``null`` with ``skipped: true``).
     """
 
     loss: float
@@ -178,8 +196,17 @@ class Trainer:
         accelerator: an ``accelerate.Accelerator`` for multi-process runs, or ``None``.
     """
 
-    def __init__(self, model, optim: OptimConfig, loss: LossConfig, total_steps: int, accelerator=None):
+    def __init__(
+        self,
+        model,
+        optim: OptimConfig,
+        loss: LossConfig,
+        total_steps: int,
+        accelerator=None,
+        stage: str = "train",
+    ):
         self.optim_cfg, self.loss_cfg, self.total_steps = optim, loss, total_steps
+        self.stage = stage
         self.accelerator = accelerator
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not params:
@@ -195,6 +222,40 @@ class Trainer:
         self.model = model
         self.step = 0
         self.bad_steps_in_a_row = 0
+        # reference of the explosion guard (kept in the trainer state, so a resumed run
+        # compares against the same number as an uninterrupted one)
+        self.ref_param_norm = self._param_norm()
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    @torch.no_grad()
+    def _param_norm(self) -> float:
+        return float(torch.nn.utils.get_total_norm([p.detach() for p in self._params()]))
+
+    def _check_weights(self) -> None:
+        """The explosion guard (see :data:`EXPLODED_NORM_FACTOR`), after an optimizer step."""
+        norm = self._param_norm()
+        limit = EXPLODED_NORM_FACTOR * max(self.ref_param_norm, 1.0)
+        if math.isfinite(norm) and norm <= limit:
+            return
+        raise TrainingDiverged(
+            f"{self.stage}: weights exploded at optimizer step {self.step + 1}: global parameter norm "
+            f"{norm:.3g} vs {self.ref_param_norm:.3g} at the start (limit {EXPLODED_NORM_FACTOR:g}x); "
+            f"the learning rate is most likely far too high (optim.lr = {self.optim_cfg.lr:g}). "
+            "Aborted; these weights were not saved (the last checkpoint, if any, predates them)."
+        )
+
+    def abort_if_diverging(self, max_bad_steps: int, at_step: int | None = None) -> None:
+        """Raise :class:`TrainingDiverged` after ``max_bad_steps`` skipped (non-finite) updates in a row."""
+        if max_bad_steps > 0 and self.bad_steps_in_a_row >= max_bad_steps:
+            where = self.step if at_step is None else at_step
+            raise TrainingDiverged(
+                f"{self.stage}: {self.bad_steps_in_a_row} non-finite updates in a row (NaN/inf loss or "
+                f"gradient) at step {where} (max_bad_steps = {max_bad_steps}); aborting. Likely causes: "
+                f"a learning rate too high (optim.lr = {self.optim_cfg.lr:g}), non-finite weights in "
+                "the init model, or a bad teacher/reward signal."
+            )
 
     @property
     def world_size(self) -> int:
@@ -237,7 +298,10 @@ class Trainer:
         takes every N-th one. Each micro-batch's loss is the objective
         ``loss.objective`` names, of the model's scores of its response tokens
         (with the full-vocabulary entropy when ``with_entropy`` or the entropy bonus
-        asks for it). NaN/inf loss or gradient skips the step (``skipped=True``).
+        asks for it). NaN/inf loss or gradient skips the step (``skipped=True``, loss NaN).
+        After the step the global parameter norm is checked: non-finite or above
+        :data:`EXPLODED_NORM_FACTOR` x its starting value raises :class:`TrainingDiverged`
+        (there is no copy to restore, and those weights must never be saved).
         """
         from warmstart.scoring import score_rollouts
 
@@ -301,12 +365,14 @@ class Trainer:
         else:
             self.optimizer.step()
             self.bad_steps_in_a_row = 0
+            self._check_weights()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         tok = max(1, total_tokens)
+        nan = float("nan")
         return StepStats(
-            loss=sums["loss"],
-            pg_loss=sums["pg_loss"],
+            loss=nan if bad else sums["loss"],
+            pg_loss=nan if bad else sums["pg_loss"],
             grad_norm=grad_norm,
             lr=lr,
             clip_frac=sums["clipped_tokens"] / tok,
@@ -318,23 +384,34 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain containers only (loadable with ``torch.load(weights_only=True)``)."""
+        name, keys, pos, has_gauss, cached = np.random.get_state()
         return {
             "step": self.step,
+            "bad_steps_in_a_row": self.bad_steps_in_a_row,
+            "ref_param_norm": self.ref_param_norm,
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.random.get_rng_state(),
-            "numpy_rng": np.random.get_state(),
-            "python_rng": random.getstate(),
+            "numpy_rng": [str(name), [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
+            "python_rng": _plain(random.getstate()),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
+        self.bad_steps_in_a_row = state.get("bad_steps_in_a_row", 0)
+        self.ref_param_norm = state.get("ref_param_norm", self.ref_param_norm)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.random.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
+        name, keys, pos, has_gauss, cached = state["numpy_rng"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        version, internal, gauss = state["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
 
 
 # ---- run directory -----------------------------------------------------------------------
+_CKPT_NAME = re.compile(r"step_\d{6,}")
+
+
 @dataclass
 class RunDir:
     """A stage's output folder: config snapshot, metrics.jsonl, TensorBoard events, checkpoints.
@@ -421,8 +498,19 @@ class RunDir:
         return self.root / "checkpoints" / f"step_{step:06d}"
 
     def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint: ``step_NNNNNN`` with its trainer state and weights.
+
+        Checkpoints are written into a hidden temp folder that is renamed into place, so a
+        ``step_*`` folder is complete; temp/deleted folders (``.step_*``) and anything
+        lacking its files (e.g. written by an older version) are ignored.
+        """
         ckpts = sorted(
-            p for p in (self.root / "checkpoints").glob("step_*") if (p / "trainer_state.pt").exists()
+            p
+            for p in (self.root / "checkpoints").glob("step_*")
+            if _CKPT_NAME.fullmatch(p.name)
+            and (p / TRAINER_STATE).is_file()
+            and (p / "config.json").is_file()
+            and any(p.glob("model*.safetensors"))
         )
         return ckpts[-1] if ckpts else None
 
@@ -437,11 +525,14 @@ class RunDir:
             trainer.unwrapped,
             processor,
             dest,
-            extra_files={"trainer_state.pt": {**trainer.state_dict(), "extra": extra or {}}},
+            extra_files={TRAINER_STATE: {**trainer.state_dict(), "extra": extra or {}}},
         )
-        ckpts = sorted((self.root / "checkpoints").glob("step_*"))
+        ckpts = sorted(p for p in (self.root / "checkpoints").glob("step_*") if _CKPT_NAME.fullmatch(p.name))
         for old in ckpts[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            # rename first, so a kill mid-delete never leaves a half-deleted step_* folder
+            doomed = old.with_name(f".{old.name}.del-{os.getpid()}")
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
         return dest
 
 
@@ -470,8 +561,31 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _plain(v: Any) -> Any:
+    """Tuples to lists, recursively (plain containers for the trainer state)."""
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    return v
+
+
 def load_resume_state(ckpt: Path) -> dict[str, Any]:
-    return torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    """The trainer state of a checkpoint, never unpickling code (``torch.load(weights_only=True)``).
+
+    A resumed run directory may come from someone else: only tensors and plain containers
+    load; anything else (e.g. a pickle that would run code) is refused with a ConfigError.
+    """
+    import pickle
+
+    path = ckpt / TRAINER_STATE
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"{path}: refusing to load this trainer state: it holds objects other than tensors and "
+            f"plain containers ({first[:300]}). It was not written by this version of warmstart, or was "
+            "tampered with; delete the checkpoint to restart from the previous one."
+        ) from None
 
 
 class Timer:
@@ -526,7 +640,14 @@ def open_training(
     policy = load_policy(ckpt or init, dtype=optim.dtype, trainable=True)
     for p in policy.model.parameters():
         p.requires_grad_(True)
-    trainer = Trainer(policy.model, optim, loss, total_steps, accelerator=accelerator or make_accelerator())
+    trainer = Trainer(
+        policy.model,
+        optim,
+        loss,
+        total_steps,
+        accelerator=accelerator or make_accelerator(),
+        stage=run.stage,
+    )
     extra: dict[str, Any] = {}
     if ckpt is not None:
         state = load_resume_state(ckpt)

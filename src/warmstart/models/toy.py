@@ -32,7 +32,10 @@ from transformers import (
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 
+from warmstart.atomic import atomic_dir
 from warmstart.models.processor import ImageOnlyQwen2_5_VLProcessor
+
+TOY_MARKER = "warmstart_toy.json"  # written last by save_toy: a folder with it is complete
 
 PAD = "<|endoftext|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -255,7 +258,13 @@ def save_toy(
     corpus: Iterable[str] = (),
     vocab_size: int = 512,
 ) -> Path:
-    """Build a toy model + processor and ``save_pretrained`` both into ``out_dir``."""
+    """Build a toy model + processor and ``save_pretrained`` both into ``out_dir``, atomically.
+
+    Everything is written into a temp folder beside ``out_dir`` that is renamed onto it at
+    the end (:func:`warmstart.atomic.atomic_dir`), so a kill at any moment leaves either no
+    ``out_dir`` or a complete one; :data:`TOY_MARKER` is written last inside it
+    (:func:`is_complete_toy` checks it).
+    """
     if isinstance(size, str):
         size = SIZES[size]
     from warmstart.models.load import quiet_transformers
@@ -265,16 +274,22 @@ def save_toy(
     tokenizer = build_toy_tokenizer(corpus, vocab_size=vocab_size)
     processor = build_toy_processor(tokenizer, image_size)
     model = build_toy_model(size, tokenizer, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    (out / "warmstart_toy.json").write_text(
-        json.dumps(
-            {"size": asdict(size), "seed": seed, "image_size": image_size, "vocab_size": len(tokenizer)},
-            indent=2,
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / TOY_MARKER).write_text(  # last: its presence means the folder is complete
+            json.dumps(
+                {"size": asdict(size), "seed": seed, "image_size": image_size, "vocab_size": len(tokenizer)},
+                indent=2,
+            )
         )
-    )
     return out
+
+
+def is_complete_toy(path: str | Path) -> bool:
+    """Whether ``path`` holds a toy written completely by :func:`save_toy` (marker, config, weights)."""
+    path = Path(path)
+    return all((path / f).is_file() for f in (TOY_MARKER, "config.json", "model.safetensors"))
 
 
 def count_parameters(model: torch.nn.Module) -> int:

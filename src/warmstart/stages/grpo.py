@@ -72,7 +72,11 @@ class GRPOConfig:
             or ``penalty`` (reward ``overlong_penalty``).
         overlong_penalty: reward of a truncated response when ``overlong = "penalty"``.
         loss: per-token loss, aggregation, clipping, KL and entropy terms.
-        max_bad_steps: abort after this many non-finite steps in a row.
+        max_bad_steps: abort (``TrainingDiverged``) after this many skipped updates in a row,
+            across mini-batches (non-finite loss or gradient; a step whose updates were all
+            skipped is logged with ``skipped: true`` and ``loss: null``).
+            Exploded weights (parameter norm above ``train.EXPLODED_NORM_FACTOR`` x its start)
+            abort at once. 0 never aborts on skipped updates.
         checkpoint_every: save a resumable checkpoint every N steps.
         seed: seed of prompt order and sampling.
         optim: optimizer and schedule.
@@ -264,18 +268,20 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, show_progress: bool = True
                         )
                         sampler.sync_weights(policy.model)
                         agg_stats.append(st)
-            if trainer.bad_steps_in_a_row >= cfg.max_bad_steps:
-                raise RuntimeError(
-                    f"grpo: {trainer.bad_steps_in_a_row} non-finite steps in a row at step {step}; aborting"
-                )
             step += 1
+            done = [s for s in agg_stats if not s.skipped]  # skipped updates carry NaN numbers
+
+            def mean(key: str, stats=done) -> float | None:
+                return sum(getattr(s, key) for s in stats) / len(stats) if stats else None
+
             row.update(
-                loss=sum(s.loss for s in agg_stats) / len(agg_stats),
-                kl=sum(s.kl for s in agg_stats) / len(agg_stats),
-                clip_frac=sum(s.clip_frac for s in agg_stats) / len(agg_stats),
-                grad_norm=sum(s.grad_norm for s in agg_stats) / len(agg_stats),
+                loss=mean("loss"),
+                kl=mean("kl"),
+                clip_frac=mean("clip_frac"),
+                grad_norm=mean("grad_norm"),
                 lr=agg_stats[-1].lr,
                 skipped_updates=sum(s.skipped for s in agg_stats),
+                **({"skipped": True} if not done else {}),
                 rollout_time_s=timer.t.get("rollout", 0.0),
                 scoring_time_s=timer.t.get("scoring", 0.0),
                 update_time_s=timer.t.get("update", 0.0),
@@ -283,6 +289,7 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, show_progress: bool = True
             )
             run.log(step, **row)
             bar(1, reward=row["reward_mean"], entropy=row["entropy"])
+            trainer.abort_if_diverging(cfg.max_bad_steps, at_step=step)
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 run.save_checkpoint(trainer, policy.processor, extra={"rollout_step": step, "log_step": step})
     run.save_model(policy, "final")

@@ -52,6 +52,11 @@ class OPDConfig:
         teacher: teacher checkpoint directory, or an ``http://`` URL of an OpenAI-compatible
             server with ``prompt_logprobs`` (vLLM, or ``warmstart serve``); must be set when the stage runs.
         teacher_model: model name sent to a remote teacher (``None``: the server's only model).
+        teacher_timeout_s: seconds an HTTP teacher may take to answer one request before it
+            counts as failed (a hung teacher then costs at most
+            ``teacher_timeout_s x (1 + teacher_retries)`` per request, plus short backoffs).
+        teacher_retries: retries after the first attempt of an HTTP teacher request, on
+            connection errors, timeouts and 5xx (never on 4xx).
         data: problem data (path understood by ``load_problems``); must be set when the stage runs.
         out_dir: run directory.
         train_split: split with the training prompts.
@@ -66,6 +71,10 @@ class OPDConfig:
         micro_batch: rows per forward/backward.
         eval_every: greedy validation every N steps (0 disables).
         checkpoint_every: save a resumable checkpoint every N steps.
+        max_bad_steps: abort (``TrainingDiverged``) after this many skipped updates in a row
+            (non-finite loss or gradient; each is logged with ``skipped: true`` and ``loss: null``).
+            Exploded weights (parameter norm above ``train.EXPLODED_NORM_FACTOR`` x its start)
+            abort at once. 0 never aborts on skipped updates.
         seed: seed of prompt order and sampling.
         loss: clipping/aggregation of the policy-gradient loss (KL-to-reference is unused here).
         optim: optimizer and schedule.
@@ -76,6 +85,8 @@ class OPDConfig:
     teacher: str = ""
     data: str = ""
     teacher_model: str | None = None
+    teacher_timeout_s: float = 60.0
+    teacher_retries: int = 3
     out_dir: str = "runs/opd"
     train_split: str = "train"
     val_split: str = "validation"
@@ -89,6 +100,7 @@ class OPDConfig:
     micro_batch: int = 64
     eval_every: int = 0
     checkpoint_every: int = 25
+    max_bad_steps: int = 5
     seed: int = 0
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
@@ -99,6 +111,8 @@ class OPDConfig:
             raise ConfigError("n and prompts_per_step must be >= 1")
         if self.loss.kl_coef:
             raise ConfigError("OPD has no reference-KL term: set loss.kl_coef = 0")
+        if not self.teacher_timeout_s > 0 or self.teacher_retries < 0:
+            raise ConfigError("teacher_timeout_s must be > 0 and teacher_retries >= 0")
 
 
 def make_teacher(cfg: OPDConfig, student_tokenizer=None):
@@ -110,7 +124,13 @@ def make_teacher(cfg: OPDConfig, student_tokenizer=None):
     from warmstart.teacher import HTTPScorer, InProcessScorer
 
     if cfg.teacher.startswith(("http://", "https://")):
-        return HTTPScorer(cfg.teacher, model_name=cfg.teacher_model, tokenizer=student_tokenizer)
+        return HTTPScorer(
+            cfg.teacher,
+            model_name=cfg.teacher_model,
+            tokenizer=student_tokenizer,
+            timeout_s=cfg.teacher_timeout_s,
+            max_retries=cfg.teacher_retries,
+        )
     from warmstart.models import load_policy
 
     return InProcessScorer(load_policy(cfg.teacher).model)
@@ -174,7 +194,8 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
                 "reward_mean": sum(x.correct for x in g) / len(g),
                 "format_rate": sum(x.format_ok for x in g) / len(g),
                 "response_len": float(mask_BT.sum(1).float().mean()),
-                "loss": st.loss,
+                "loss": None if st.skipped else st.loss,
+                **({"skipped": True} if st.skipped else {}),
                 "grad_norm": st.grad_norm,
                 "lr": st.lr,
                 "clip_frac": st.clip_frac,
@@ -187,8 +208,7 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
                 row["val_accuracy"] = greedy_accuracy(sampler, val, cfg.max_new_tokens)
             run.log(step, **row)
             bar(1, rkl=row["reverse_kl"], entropy=row["entropy"])
-            if trainer.bad_steps_in_a_row >= 5:
-                raise RuntimeError(f"opd: non-finite updates 5 steps in a row at step {step}; aborting")
+            trainer.abort_if_diverging(cfg.max_bad_steps, at_step=step)
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 run.save_checkpoint(trainer, policy.processor, extra={"rollout_step": step, "log_step": step})
     run.save_model(policy, "final")

@@ -43,6 +43,10 @@ class PretrainConfig:
         eval_every: greedy validation every N steps (logged; no early stopping).
         val_problems: validation problems used (first N).
         max_new_tokens: generation length for validation.
+        max_bad_steps: abort (``TrainingDiverged``) after this many skipped updates in a row
+            (non-finite loss or gradient; each is logged with ``skipped: true`` and ``loss: null``).
+            Exploded weights (parameter norm above ``train.EXPLODED_NORM_FACTOR`` x its start)
+            abort at once. 0 never aborts on skipped updates.
         seed: seed of data order.
         optim: optimizer and schedule.
         rollout: the sampler of greedy validation (passed to the SFT loop).
@@ -61,6 +65,7 @@ class PretrainConfig:
     eval_every: int = 100
     val_problems: int = 100
     max_new_tokens: int = 48
+    max_bad_steps: int = 5
     seed: int = 0
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
@@ -78,13 +83,15 @@ class PretrainConfig:
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, show_progress: bool = True) -> dict:
     """Build the toy model and train it; returns the SFT result dict (model in ``final``)."""
-    from warmstart.models.toy import save_toy
+    from warmstart.models.toy import is_complete_toy, save_toy
     from warmstart.stages.sft import SFTConfig, train_sft
 
     require_set(cfg, "pretrain", "data")
     out = Path(cfg.out_dir)
     init = out / "init"
-    if not (init / "config.json").exists():
+    # save_toy writes atomically with a marker last, so a kill mid-write leaves no (or an
+    # incomplete, pre-atomic) init/: rebuild it then (deterministic given the seed and data)
+    if not is_complete_toy(init):
         from warmstart.data import prompts
 
         train = load_split(cfg.data, "train")
@@ -118,6 +125,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, show_progress: bool = Tr
             "max_new_tokens": cfg.max_new_tokens,
             "checkpoint_every": max(cfg.eval_every, 50),
             "seed": cfg.seed,
+            "max_bad_steps": cfg.max_bad_steps,
             "optim": to_dict(cfg.optim),
             "rollout": to_dict(cfg.rollout),
             "over_multiple": 1.0,

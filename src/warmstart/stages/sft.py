@@ -70,6 +70,11 @@ class SFTConfig:
             ``solutions = "teacher"``, where it must be set.
         teacher_samples: samples per problem drawn from the teacher.
         teacher_temperature: sampling temperature for teacher rationales.
+        teacher_timeout_s: seconds an HTTP teacher may take to answer one request before it
+            counts as failed (a hung teacher then costs at most
+            ``teacher_timeout_s x (1 + teacher_retries)`` per request, plus short backoffs).
+        teacher_retries: retries after the first attempt of an HTTP teacher request, on
+            connection errors, timeouts and 5xx (never on 4xx).
         max_steps: hard cap on optimizer steps (the early arm usually stops before).
         batch_size: problems per optimizer step (global batch).
         micro_batch: rows per forward/backward (gradient accumulation).
@@ -79,6 +84,10 @@ class SFTConfig:
         over_multiple: the over-trained arm runs to this multiple of the best step.
         max_new_tokens: generation length for greedy validation.
         checkpoint_every: save a resumable checkpoint every N steps.
+        max_bad_steps: abort (``TrainingDiverged``) after this many skipped updates in a row
+            (non-finite loss or gradient; each is logged with ``skipped: true`` and ``loss: null``).
+            Exploded weights (parameter norm above ``train.EXPLODED_NORM_FACTOR`` x its start)
+            abort at once. 0 never aborts on skipped updates.
         seed: seed of data order and sampling.
         optim: optimizer and schedule.
         rollout: the sampler of validation decoding and of in-process teacher rationales.
@@ -96,6 +105,8 @@ class SFTConfig:
     teacher: str | None = None
     teacher_samples: int = 4
     teacher_temperature: float = 1.0
+    teacher_timeout_s: float = 60.0
+    teacher_retries: int = 3
     max_steps: int = 1000
     batch_size: int = 32
     micro_batch: int = 32
@@ -105,6 +116,7 @@ class SFTConfig:
     over_multiple: float = 3.0
     max_new_tokens: int = 64
     checkpoint_every: int = 50
+    max_bad_steps: int = 5
     seed: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -112,8 +124,12 @@ class SFTConfig:
     def validate(self) -> None:
         if self.over_multiple < 1:
             raise ConfigError("over_multiple must be >= 1")
+        if not self.teacher_timeout_s > 0 or self.teacher_retries < 0:
+            raise ConfigError("teacher_timeout_s must be > 0 and teacher_retries >= 0")
         if self.eval_every <= 0 or self.batch_size <= 0 or self.micro_batch <= 0:
             raise ConfigError("eval_every, batch_size and micro_batch must be > 0")
+        if self.max_bad_steps < 0:
+            raise ConfigError("max_bad_steps must be >= 0")
 
 
 def teacher_solutions(cfg: SFTConfig, problems) -> tuple[list, list[str]]:
@@ -129,7 +145,7 @@ def teacher_solutions(cfg: SFTConfig, problems) -> tuple[list, list[str]]:
         from warmstart.teacher import HTTPScorer, http_generate
 
         texts = http_generate(
-            HTTPScorer(cfg.teacher),
+            HTTPScorer(cfg.teacher, timeout_s=cfg.teacher_timeout_s, max_retries=cfg.teacher_retries),
             list(problems),
             cfg.teacher_samples,
             cfg.teacher_temperature,
@@ -208,7 +224,8 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
             st = trainer.update(TrainBatch.supervised(tf), micro_batch=cfg.micro_batch, with_entropy=False)
             sampler.sync_weights(policy.model)
             row = {
-                "loss": st.pg_loss,
+                "loss": None if st.skipped else st.pg_loss,
+                **({"skipped": True} if st.skipped else {}),
                 "lr": st.lr,
                 "grad_norm": st.grad_norm,
                 "tokens": st.num_tokens,
@@ -241,6 +258,7 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
                     bar(0)
             run.log(trainer.step, **row)
             bar(1, loss=st.pg_loss, **({"val_acc": row["val_accuracy"]} if "val_accuracy" in row else {}))
+            trainer.abort_if_diverging(cfg.max_bad_steps)
             if trainer.step % cfg.checkpoint_every == 0 and trainer.step < stop_at:
                 run.save_checkpoint(
                     trainer,
