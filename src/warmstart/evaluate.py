@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,24 +353,24 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    from warmstart.data.loaders import DataError
-
+    # Errors (bad data, config, a missing model) reach cli.main: one line, exit 2, traceback logged here.
+    args._log_file = f"{args.out}.error.log"
     settings = settings_from_args(args)
-    try:
-        summary = evaluate_to_file(
-            model=args.model,
-            data=args.data,
-            out=args.out,
-            settings=settings,
-            split=args.split,
-            model_name=args.name,
-            blank_images=args.blank_images,
-            show_progress=not args.quiet,
-            device=args.device,
-        )
-    except (ConfigError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    m = args.model
+    if m.startswith((".", "/", "~")) or m.count("/") > 1:  # a local path, not a hub id
+        if not Path(m).expanduser().exists():
+            raise FileNotFoundError(f"model {m} does not exist (no such checkpoint directory)")
+    summary = evaluate_to_file(
+        model=args.model,
+        data=args.data,
+        out=args.out,
+        settings=settings,
+        split=args.split,
+        model_name=args.name,
+        blank_images=args.blank_images,
+        show_progress=not args.quiet,
+        device=args.device,
+    )
     print(describe(summary, args.split or "all", settings.n, settings.temperature))
     print(f"wrote {args.out}")
     return 0

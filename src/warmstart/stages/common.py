@@ -202,7 +202,12 @@ def config_from_args(cls, args: argparse.Namespace, **extra):
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
     if args.section:
+        if not isinstance(data.get(args.section), dict):
+            tables = [k for k, v in data.items() if isinstance(v, dict)]
+            raise ConfigError(f"{path}: no table [{args.section}]; tables: {', '.join(tables) or 'none'}")
         data = data[args.section]
     for item in args.set:
         if "=" not in item:
@@ -216,13 +221,22 @@ def config_from_args(cls, args: argparse.Namespace, **extra):
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p!r} is a value, not a table")
         node[parts[-1]] = value
     for k, v in extra.items():
         if v is not None:
             data[k] = v
     if getattr(args, "out", None):
         data["out_dir"] = args.out
+    # cli.main appends an error's traceback to <run dir>/error.log (best guess until the config is valid).
+    out_dir = data.get("out_dir") if isinstance(data.get("out_dir"), str) else getattr(cls, "out_dir", None)
+    if out_dir:
+        args._log_file = str(Path(out_dir) / "error.log")
     try:
-        return from_dict(cls, data)
+        cfg = from_dict(cls, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    if getattr(cfg, "out_dir", None):
+        args._log_file = str(Path(cfg.out_dir) / "error.log")
+    return cfg

@@ -11,7 +11,7 @@ from warmstart.atomic import atomic_write_text
 from warmstart.config import ConfigError, replace, to_dict
 from warmstart.study.arms import METHODS
 from warmstart.study.config import StudyConfig, load_study
-from warmstart.study.execute import execute, is_done, started_marker
+from warmstart.study.execute import RunDirBusy, execute, is_done, run_lock, started_marker
 from warmstart.study.plan import Step, plan
 
 __all__ = ["add_arguments", "dry_run", "run"]
@@ -108,7 +108,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="STEP",
         help="redo STEP (and everything downstream); a prefix like 'eval', 'stage1' or 'grpo' names a group",
     )
-    parser.add_argument("--only", action="append", default=[], metavar="STEP", help="run only these steps")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="STEP",
+        help="run only STEP (a name or a group prefix like 'eval'); its inputs must be done or named too",
+    )
     parser.add_argument(
         "--dry-run", action="store_true", help="print the plan and check paths, models and servers"
     )
@@ -127,11 +133,18 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.out) if args.out else Path(cfg.out_root) / cfg.name
     if args.dry_run:
         return 1 if dry_run(cfg, root) else 0
-    # The report reads the arms (names, labels, order) from here.
-    atomic_write_text(root / "study_config.json", json.dumps(to_dict(cfg), indent=2))
+    args._log_dir = str(root)  # where cli.main appends a traceback
     try:
-        summary = execute(cfg, root, force=args.force, only=args.only or None, show_progress=not args.quiet)
-    except (ConfigError, RuntimeError) as e:
+        with run_lock(root):  # held from the first write to the last (execute re-enters it)
+            # The report reads the arms (names, labels, order) from here.
+            atomic_write_text(root / "study_config.json", json.dumps(to_dict(cfg), indent=2))
+            summary = execute(
+                cfg, root, force=args.force, only=args.only or None, show_progress=not args.quiet
+            )
+    except (ConfigError, RunDirBusy) as e:  # bad --only/--force, or the directory is in use
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # a step failed (its traceback was printed above)
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))

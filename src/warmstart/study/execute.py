@@ -8,12 +8,18 @@ changed.
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import logging
 import multiprocessing as mp
+import os
 import shutil
+import signal
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +30,11 @@ from warmstart.study.config import StudyConfig
 from warmstart.study.plan import Step, plan
 
 __all__ = [
+    "RunDirBusy",
     "done_marker",
     "execute",
     "is_done",
+    "run_lock",
     "run_step",
     "started_marker",
     "write_best_arm",
@@ -122,7 +130,79 @@ def _summary(result: Any) -> Any:
     return str(result)[:200]
 
 
-def _worker(step: Step, threads: int, queue) -> None:
+class RunDirBusy(RuntimeError):
+    """Another ``warmstart run`` holds the run directory's lock."""
+
+
+_HELD: dict[Path, int] = {}  # run directories this process has locked -> nesting depth
+
+
+@contextmanager
+def run_lock(root: Path) -> Iterator[None]:
+    """Hold ``<root>/.lock`` (an ``flock``, the holder's pid written in it) for the block.
+
+    Two runs on one directory would race on its steps' outputs and markers; the
+    second fails at once naming the first. The kernel drops the lock when its holder
+    dies, however it dies (a SIGKILL included), so a stale file never blocks a rerun.
+    Re-entrant within a process (``warmstart run`` holds it around ``execute``).
+    """
+    key = Path(os.path.abspath(root))
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    key.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            for _ in range(20):  # the holder writes its pid right after locking
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                if holder:
+                    break
+                time.sleep(0.05)
+            raise RunDirBusy(
+                f"{key} is in use by another warmstart run (pid {holder or 'unknown'}); "
+                "wait for it or stop it, then re-run"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker die when the ``warmstart run`` that started it dies (even by SIGKILL).
+
+    Linux delivers the parent-death signal when the parent goes; the pid check
+    closes the window in which the parent died before the signal was asked for.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux: the pid check below remains
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _worker(step: Step, threads: int, queue, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     logging.basicConfig(level=logging.WARNING)
     try:
         info = run_step(step, threads)
@@ -156,6 +236,32 @@ def _forced(steps: list[Step], force: list[str]) -> set[str]:
     return forced
 
 
+def _selected(steps: list[Step], only: list[str]) -> set[str]:
+    """The steps ``--only`` names (a name or a group prefix like ``eval``, as for ``--force``).
+
+    Raises :class:`ConfigError` (one line) for a name that matches no step, and for a
+    selected step that needs a step that is neither done nor selected: it could never
+    start, and the scheduler would wait for it forever.
+    """
+    by_name = {s.name: s for s in steps}
+    for f in only:
+        if f not in by_name and not any(n.startswith(f + ":") for n in by_name):
+            raise ConfigError(f"--only {f!r}: no such step or group; steps: {', '.join(by_name)}")
+    chosen = {n for n in by_name for f in only if n == f or n.startswith(f + ":")}
+    missing = [
+        d
+        for d in dict.fromkeys(d for s in steps if s.name in chosen for d in s.deps)
+        if d not in chosen and not is_done(by_name[d])
+    ]
+    if missing:
+        adds = " ".join(f"--only {d}" for d in missing)
+        raise ConfigError(
+            f"--only {' '.join(only)}: prerequisite step(s) not done: {', '.join(missing)}; "
+            f"run them first (drop --only to run everything, or add {adds})"
+        )
+    return chosen
+
+
 def execute(
     cfg: StudyConfig,
     root: Path,
@@ -163,7 +269,22 @@ def execute(
     only: list[str] | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Run every step not already done, ``run.jobs`` at a time; returns per-step timing."""
+    """Run every step not already done, ``run.jobs`` at a time; returns per-step timing.
+
+    Holds the run directory's lock (:func:`run_lock`) throughout: a second run on the
+    same directory fails with :class:`RunDirBusy` naming this one's pid.
+    """
+    with run_lock(root):
+        return _execute(cfg, root, force, only, show_progress)
+
+
+def _execute(
+    cfg: StudyConfig,
+    root: Path,
+    force: list[str] | None,
+    only: list[str] | None,
+    show_progress: bool,
+) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import Progress
 
@@ -176,7 +297,8 @@ def execute(
             f.unlink(missing_ok=True)
     todo = [s for s in steps if not is_done(s)]
     if only:
-        todo = [s for s in todo if s.name in only]
+        chosen = _selected(steps, only)
+        todo = [s for s in todo if s.name in chosen]
     timings: dict[str, Any] = {
         s.name: json.loads(done_marker(s).read_text())["seconds"] for s in steps if is_done(s)
     }
@@ -200,10 +322,14 @@ def execute(
             while ready and len(running) < cfg.run.jobs:
                 s = ready.pop(0)
                 pending.remove(s)
-                proc = ctx.Process(target=_worker, args=(s, cfg.run.threads_per_job, queue), daemon=False)
+                proc = ctx.Process(
+                    target=_worker, args=(s, cfg.run.threads_per_job, queue, os.getpid()), daemon=False
+                )
                 proc.start()
                 running[s.name] = (proc, time.time())
                 tasks[s.name] = prog.add_task(s.name, total=s.total or None)
+            if pending and not running and not ready:  # pragma: no cover - _selected rules this out
+                raise ConfigError(f"steps waiting on inputs that will never run: {[s.name for s in pending]}")
             try:
                 name, status, info = queue.get(timeout=1.0)
             except Exception:  # queue.Empty: refresh the live display
