@@ -1,6 +1,6 @@
 """The teacher seen from the stages: replies validated end to end, the HTTP timeout and retries
 set from the OPD / SFT configs. Real servers on 127.0.0.1: ``warmstart serve`` behind a
-tampering proxy, and a teacher that accepts connections and never answers."""
+tampering proxy (test_teacher's FakeTeacher), and a teacher that accepts connections and never answers."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import json
 import socket
 import threading
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from test_teacher import FakeTeacher
 from warmstart.config import from_dict
 from warmstart.data.loaders import load_problems
 from warmstart.serve import start_server
@@ -68,34 +68,18 @@ def silent():
     s.close()
 
 
-class TamperingProxy:
-    """Forwards POSTs to a real ``warmstart serve`` and passes each reply through ``tamper``."""
+def tampering_proxy(upstream: str, tamper) -> FakeTeacher:
+    """A FakeTeacher that forwards each request to a real ``warmstart serve`` and tampers with the reply."""
 
-    def __init__(self, upstream: str, tamper):
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+    def forward(body: dict) -> str:
+        req = urllib.request.Request(
+            upstream + "/v1/chat/completions", data=json.dumps(body).encode(), method="POST"
+        )
+        req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.dumps(tamper(json.loads(r.read())))
 
-            def do_POST(self):
-                raw = self.rfile.read(int(self.headers["Content-Length"]))
-                req = urllib.request.Request(upstream + self.path, data=raw, method="POST")
-                req.add_header("Content-Type", "application/json")
-                with urllib.request.urlopen(req, timeout=60) as r:
-                    data = json.loads(r.read())
-                out = json.dumps(tamper(data)).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    return FakeTeacher([(200, forward)])
 
 
 def _opd(toy_dir, synth_dir, out, teacher, **over):
@@ -131,7 +115,7 @@ def _truncated(data):
 )
 def test_opd_refuses_a_bad_teacher_reply_and_writes_no_model(toy_dir, synth_dir, tmp_path, tamper, words):
     server, thread, upstream = start_server(toy_dir)
-    proxy = TamperingProxy(upstream, tamper)
+    proxy = tampering_proxy(upstream, tamper)
     try:
         cfg = _opd(toy_dir, synth_dir, tmp_path / "opd", proxy.url, teacher_model=str(toy_dir))
         with pytest.raises(TeacherError) as e:
