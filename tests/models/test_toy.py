@@ -84,3 +84,42 @@ def test_lora_adapters_train_and_merge_back(tmp_path):
         b = merged.model(**enc).logits
         base = load_policy(src).model(**enc).logits
     assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, base, atol=1e-4)
+
+
+def test_every_size_has_a_head_dim_vllm_cpu_supports():
+    # vLLM's CPU attention rejected head_dim 24 (BASELINES); every toy must load there unchanged.
+    for name, size in SIZES.items():
+        assert size.text_hidden // size.heads == 32, name
+    import pytest
+
+    from warmstart.models.toy import ToySize
+
+    with pytest.raises(ValueError, match="head_dim 24"):
+        ToySize(text_hidden=96, heads=4, kv_heads=2).validate()
+
+
+def test_saved_processor_config_is_the_full_qwen_processor(tmp_path):
+    """AutoProcessor/vLLM need `Qwen2_5_VLProcessor` with a video processor; we still load it without torchvision."""
+    import json
+
+    out = save_toy(tmp_path / "toy", "xs", seed=0)
+    cfg = json.loads((out / "processor_config.json").read_text())
+    assert cfg["processor_class"] == "Qwen2_5_VLProcessor"
+    video, image = cfg["video_processor"], cfg["image_processor"]
+    assert video["video_processor_type"] == "Qwen2VLVideoProcessor"
+    for key in ("patch_size", "merge_size", "temporal_patch_size", "size", "image_mean", "image_std"):
+        assert video[key] == image[key], key
+    policy = load_policy(out)  # this venv has no torchvision: the image-only class reads the same file
+    assert type(policy.processor).__name__ == "ImageOnlyQwen2_5_VLProcessor"
+    enc = policy.processor(
+        text=["<|vision_start|><|image_pad|><|vision_end|>hi"],
+        images=[Image.new("RGB", (56, 56))],
+        return_tensors="pt",
+    )
+    # start + 4 image tokens (56 px = 4x4 patches, merged 2x2) + end + the text
+    assert enc["input_ids"].shape[1] == 1 + 4 + 1 + len(policy.tokenizer("hi")["input_ids"])
+    # a checkpoint saved again (as every stage does) keeps the full config
+    policy.processor.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "processor_config.json").read_text())["processor_class"] == (
+        "Qwen2_5_VLProcessor"
+    )

@@ -106,6 +106,12 @@ def _model_class(model_type: str):
     }.get(model_type, AutoModelForImageTextToText)
 
 
+def _has_torchvision() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is not None
+
+
 def load_processor(path_or_id: str | Path):
     """The checkpoint's processor; an image-only Qwen2.5-VL processor where the full one cannot build.
 
@@ -119,9 +125,11 @@ def load_processor(path_or_id: str | Path):
 
     local = Path(path_or_id)
     cfg_file = local / "processor_config.json"
-    if (
-        cfg_file.exists()
-        and json.loads(cfg_file.read_text()).get("processor_class") == ImageOnlyQwen2_5_VLProcessor.__name__
+    named = json.loads(cfg_file.read_text()).get("processor_class") if cfg_file.exists() else None
+    # Our own saves name the full class (so vLLM and AutoProcessor load them); without
+    # torchvision the full class cannot build, and the image-only one reads the same file.
+    if named == ImageOnlyQwen2_5_VLProcessor.__name__ or (
+        named == "Qwen2_5_VLProcessor" and not _has_torchvision()
     ):
         return ImageOnlyQwen2_5_VLProcessor.from_pretrained(str(path_or_id))
     try:

@@ -12,7 +12,10 @@ Choices made for speed on a 2-core CPU (see shared/BASELINES.md):
   vocabulary ~512 so the LM head is cheap;
 * 56 px images = 4x4 patches of 14 px = 4 merged image tokens;
 * vision attention window = the whole image (the windowed path loops in Python);
-* ``mrope_section`` sized to ``head_dim / 2``.
+* ``mrope_section`` sized to ``head_dim / 2``;
+* head_dim 32 in every size: the smallest head vLLM's CPU attention supports, so
+  vLLM loads every toy checkpoint unchanged (as does plain transformers: the
+  processor config saved is a full ``Qwen2_5_VLProcessor``'s).
 """
 
 from __future__ import annotations
@@ -70,6 +73,10 @@ BASE_CORPUS = [
 ]
 
 
+# head_dims vLLM's CPU attention accepts (it rejects 24: BASELINES, "Real vLLM runs on this CPU machine").
+VLLM_CPU_HEAD_DIMS = frozenset({32, 64, 80, 96, 112, 128, 160, 192, 224, 256})
+
+
 @dataclass(frozen=True)
 class ToySize:
     """Sizes of a toy Qwen2.5-VL.
@@ -105,6 +112,11 @@ class ToySize:
             raise ValueError(
                 f"text_hidden/heads must be a whole head_dim divisible by 4, got {self.text_hidden}/{self.heads}"
             )
+        if head_dim not in VLLM_CPU_HEAD_DIMS:
+            raise ValueError(
+                f"head_dim {head_dim} (text_hidden/heads) is not one vLLM's CPU kernels support "
+                f"({sorted(VLLM_CPU_HEAD_DIMS)}); toy checkpoints must load in vLLM too"
+            )
         if self.heads % self.kv_heads:
             raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
         if self.vision_hidden % self.vision_heads:
@@ -113,7 +125,8 @@ class ToySize:
 
 SIZES: dict[str, ToySize] = {
     # ~0.6M parameters: the fastest learner at equal wall time in the BASELINES probe.
-    "xs": ToySize(text_hidden=96, text_layers=3, heads=4, kv_heads=2, intermediate=288, vision_depth=1),
+    # 3 heads of 32 (not 4 of 24): vLLM's CPU attention kernels take head_dim 32, 64, 80, 96, ...
+    "xs": ToySize(text_hidden=96, text_layers=3, heads=3, kv_heads=1, intermediate=288, vision_depth=1),
     # ~1.2M parameters.
     "s": ToySize(),
     # ~5.7M parameters.
