@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test run lint setup
+.PHONY: test test-vllm run lint setup setup-vllm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,9 +16,22 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# vLLM lives in a venv of its own (.venv-vllm): its pins (torch, transformers < 5.20)
+# conflict with the project's. See docs/ENGINES.md. VLLM_PACKAGE=vllm on GPU machines.
+VLLM_STAMP := .venv-vllm/.installed
+$(VLLM_STAMP): scripts/setup-vllm.sh pyproject.toml
+	bash scripts/setup-vllm.sh
+	touch $(VLLM_STAMP)
+
+setup-vllm: $(VLLM_STAMP)
+
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -m "not vllm"
+
+# The tests that run real vLLM (its engine in .venv-vllm, our clients in .venv).
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/python -m pytest tests -m vllm
 
 run: $(STAMP)
 	$(BIN)/warmstart run --config configs/toy.toml
