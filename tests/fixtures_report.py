@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from warmstart.evaluate_schema import (
+    BLANK_SPLIT,
     DEFAULT_ARMS,
     SPLITS,
     DecodingSettings,
@@ -27,10 +28,12 @@ from warmstart.evaluate_schema import (
     build_eval,
     eval_relpath,
     metrics_relpath,
+    stage1_arm,
     stage2_model,
     study_models,
     write_eval,
 )
+from warmstart.report.data import seed_group
 
 # model -> (skill, sharpness, entropy level in nats/token)
 MODEL_TRAITS: dict[str, tuple[float, float, float]] = {
@@ -45,6 +48,23 @@ MODEL_TRAITS: dict[str, tuple[float, float, float]] = {
 }
 DEFAULT_TRAITS = (0.0, 1.0, 0.3)
 """Traits of a model not listed above (an arm added by a test)."""
+FAMILIES = ("perimeter", "area", "angle")
+"""Question families of the fixture problems (problem ``p`` is family ``p % 3``); OOD adds ``OOD_FAMILY``."""
+OOD_FAMILY = "exterior_angle"
+
+
+def traits(model: str) -> tuple[float, float, float]:
+    """A model's traits; a seed replica (``opd@s1``, ``opd@s1+grpo``) has its arm's."""
+    arm = seed_group(stage1_arm(model))
+    key = stage2_model(arm) if model != stage1_arm(model) else arm
+    return MODEL_TRAITS.get(key, DEFAULT_TRAITS)
+
+
+def family_of(split: str, p: int) -> str:
+    """Family of problem ``p`` of ``split``: every 4th OOD problem is of an OOD-only family."""
+    if split == "ood" and p % 4 == 3:
+        return OOD_FAMILY
+    return FAMILIES[p % 3]
 
 
 def _response(
@@ -58,14 +78,21 @@ def _response(
 
 
 def make_problem_rows(
-    model: str, split: str, P: int = 30, n: int = 8, seed: int = 0, with_entropy: bool = True
+    model: str,
+    split: str,
+    P: int = 30,
+    n: int = 8,
+    seed: int = 0,
+    with_entropy: bool = True,
+    skill_shift: float = 0.0,
 ) -> list[ProblemResult]:
     """Per-problem rows of one model on one split (same problems and answers for every model of a split)."""
-    skill, sharp, ent = MODEL_TRAITS.get(model, DEFAULT_TRAITS)
+    skill, sharp, ent = traits(model)
+    skill += skill_shift
     split_rng = np.random.default_rng([seed, len(split)])  # problems depend on the split only
     difficulty = split_rng.normal(0.0, 1.0, size=P) + (0.7 if split == "ood" else 0.0)
     answers = [str(int(a)) for a in split_rng.integers(3, 60, size=P)]
-    rng = np.random.default_rng([seed, sum(map(ord, model)), len(split)])
+    rng = np.random.default_rng([seed, sum(map(ord, model)), len(split), int(100 * abs(skill_shift))])
     rows = []
     for p in range(P):
         q = 1.0 / (1.0 + np.exp(-sharp * (skill - difficulty[p])))
@@ -104,10 +131,17 @@ def make_problem_rows(
 
 
 def make_eval(
-    model: str, split: str, P: int = 30, n: int = 8, seed: int = 0, B: int = 500, temperature: float = 1.0
+    model: str,
+    split: str,
+    P: int = 30,
+    n: int = 8,
+    seed: int = 0,
+    B: int = 500,
+    temperature: float = 1.0,
+    skill_shift: float = 0.0,
 ) -> EvalResult:
-    """A complete, validated eval result of ``model`` on ``split``."""
-    rows = make_problem_rows(model, split, P=P, n=n, seed=seed)
+    """A complete, validated eval result of ``model`` on ``split`` (``skill_shift``: e.g. blank images)."""
+    rows = make_problem_rows(model, split, P=P, n=n, seed=seed, skill_shift=skill_shift)
     return build_eval(
         model=ModelInfo(name=model, path=f"runs/fixture/models/{model}"),
         data_path="runs/fixture/data",
@@ -122,27 +156,62 @@ def make_eval(
     )
 
 
+SFT_EVAL_EVERY = 10
+"""SFT logs entropy (of validation samples) and val_accuracy every this many steps, as stages/sft.py does."""
+
+
+def metrics_rows(stage: str, steps: int, entropy0: float, entropy1: float, seed: int = 0) -> list[dict]:
+    """metrics.jsonl rows with the standard keys: entropy moves from entropy0 to entropy1, reward rises.
+
+    SFT rows carry entropy and val_accuracy only every :data:`SFT_EVAL_EVERY` steps (SFT
+    measures entropy on validation samples at evaluation time); OPD and GRPO rows every step.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for step in range(steps):
+        t = step / max(steps - 1, 1)
+        row = {
+            "step": step,
+            "stage": stage,
+            "loss": float(1.0 - 0.5 * t + 0.02 * rng.normal()),
+            "lr": 1e-4,
+            "neg_logp": float(entropy0 * 0.8),
+        }
+        entropy = float(entropy0 + (entropy1 - entropy0) * t + 0.01 * rng.normal())
+        if stage != "sft" or step % SFT_EVAL_EVERY == 0:
+            row["entropy"] = entropy
+        if stage == "sft" and step % SFT_EVAL_EVERY == 0:
+            row["val_accuracy"] = float(0.3 + 0.2 * t)
+        if stage == "grpo":
+            row["reward_mean"] = float(np.clip(0.3 + 0.3 * t + 0.05 * rng.normal(), 0, 1))
+            row["accuracy"] = row["reward_mean"]
+            row["kl"] = float(0.01 * t + 0.001 * abs(rng.normal()))
+            row["clip_frac"] = float(0.02 + 0.01 * abs(rng.normal()))
+            row["response_len"] = float(40 - 5 * t + rng.normal())
+        rows.append(row)
+    return rows
+
+
 def write_metrics_log(
     path: Path, stage: str, steps: int, entropy0: float, entropy1: float, seed: int = 0
 ) -> None:
-    """A metrics.jsonl with the standard keys: entropy decays from entropy0 to entropy1, reward rises."""
-    rng = np.random.default_rng(seed)
+    """:func:`metrics_rows` written as a metrics.jsonl."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for step in range(steps):
-            t = step / max(steps - 1, 1)
-            row = {
-                "step": step,
-                "stage": stage,
-                "loss": float(1.0 - 0.5 * t + 0.02 * rng.normal()),
-                "lr": 1e-4,
-                "entropy": float(entropy0 + (entropy1 - entropy0) * t + 0.01 * rng.normal()),
-                "neg_logp": float(entropy0 * 0.8),
-            }
-            if stage == "grpo":
-                row["reward_mean"] = float(np.clip(0.3 + 0.3 * t + 0.05 * rng.normal(), 0, 1))
-                row["accuracy"] = row["reward_mean"]
-            f.write(json.dumps(row) + "\n")
+    rows = metrics_rows(stage, steps, entropy0, entropy1, seed)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_problem_files(root: Path, P: int) -> None:
+    """``data/<split>.jsonl`` with each problem's id and ``meta.family`` (what the report reads of them)."""
+    for split in SPLITS:
+        path = root / "data" / f"{split}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [{"id": f"{split}-{p:04d}", "meta": {"family": family_of(split, p)}} for p in range(P)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+SHARED_BEST_STEP = 20
+"""With ``shared_sft``: sft_early is sft_over's checkpoint at this step (as the study derives it)."""
 
 
 def write_run_dir(
@@ -153,12 +222,18 @@ def write_run_dir(
     skip: tuple[str, ...] = (),
     seed: int = 0,
     arms: list[dict] | None = None,
+    shared_sft: bool = False,
+    extras: bool = False,
 ) -> Path:
     """A fake run directory in the documented layout; ``skip`` lists relative paths not to write.
 
     ``arms`` (objects with ``name``, ``label``, ``method``, as the study writes them) are
     written to ``study_config.json``; without it there is no such file (a run directory
-    from before arms were configurable) and the default arms are written.
+    from before arms were configurable) and the default arms are written. Seed replicas
+    are arms named ``<arm>@s<k>``. ``shared_sft``: ``sft_early`` is derived from
+    ``sft_over``'s run as ``study/execute.py:write_best_arm`` does (its log truncated at
+    :data:`SHARED_BEST_STEP`, a ``result.json`` naming the run). ``extras``: also the
+    problem files (families) and the blank-image ablation of base and teacher.
     """
     root = Path(root)
     if arms is not None:
@@ -171,13 +246,33 @@ def write_run_dir(
             rel = eval_relpath(model, split)
             if rel not in skip:
                 write_eval(root / rel, make_eval(model, split, P=P, n=n, seed=seed, B=B))
+    if extras:
+        write_problem_files(root, P)
+        for model in ("base", "teacher"):
+            blank = make_eval(model, "validation", P=P, n=n, seed=seed, B=B, skill_shift=-1.5)
+            write_eval(root / eval_relpath(model, BLANK_SPLIT), blank)
     for i, arm in enumerate(names):
-        _, _, ent1 = MODEL_TRAITS.get(arm, DEFAULT_TRAITS)
-        _, _, ent2 = MODEL_TRAITS.get(stage2_model(arm), DEFAULT_TRAITS)
+        _, _, ent1 = traits(arm)
+        _, _, ent2 = traits(stage2_model(arm))
         rel1, rel2 = metrics_relpath(1, arm), metrics_relpath(2, arm)
-        stage1 = "opd" if arm == "opd" else "sft"
-        if rel1 not in skip:
+        stage1 = "opd" if seed_group(arm) == "opd" else "sft"
+        if rel1 not in skip and not (shared_sft and seed_group(arm) == "sft_early"):
             write_metrics_log(root / rel1, stage1, steps=40, entropy0=0.6, entropy1=ent1, seed=seed + i)
         if rel2 not in skip:
             write_metrics_log(root / rel2, "grpo", steps=30, entropy0=ent1, entropy1=ent2, seed=seed + 10 + i)
+    if shared_sft:
+        for arm in names:
+            if seed_group(arm) != "sft_early":
+                continue
+            over = arm.replace("sft_early", "sft_over", 1)
+            lines = (root / metrics_relpath(1, over)).read_text().splitlines()
+            keep = [ln for ln in lines if json.loads(ln)["step"] <= SHARED_BEST_STEP]
+            (root / "stage1" / arm).mkdir(parents=True, exist_ok=True)
+            (root / metrics_relpath(1, arm)).write_text("".join(ln + "\n" for ln in keep))
+            result = {
+                "derived_from": f"/elsewhere/run/stage1/{over}",
+                "model": "x",
+                "best_step": SHARED_BEST_STEP,
+            }
+            (root / "stage1" / arm / "result.json").write_text(json.dumps(result))
     return root

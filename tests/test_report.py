@@ -2,12 +2,15 @@
 
 The HTML report is opened in real headless Chromium (Debian's ``chromium``), screenshotted
 once as it is and once with its images hidden (same layout), and the two screenshots
-are compared: the plots must be what differs, in the arms' colours.
+are compared: the plots must be what differs, in the arms' colours. Chromium also reports
+where the claims table and the entropy figure are laid out (element positions from the
+page), so "the answer first" is checked in a real browser.
 """
 
 from __future__ import annotations
 
 import base64
+import html as html_lib
 import io
 import json
 import os
@@ -41,7 +44,9 @@ B = 500
 @pytest.fixture(scope="module")
 def report_run(tmp_path_factory):
     """A fixture run with one eval file and one log missing, one unreadable eval and one bad log line."""
-    run_dir = write_run_dir(tmp_path_factory.mktemp("run"), P=30, n=8, B=B, skip=SKIPPED)
+    run_dir = write_run_dir(
+        tmp_path_factory.mktemp("run"), P=30, n=8, B=B, skip=SKIPPED, shared_sft=True, extras=True
+    )
     (run_dir / "eval" / "extra_model__validation.json").write_text('{"schema": "warmstart.eval/v0"}')
     with (run_dir / "stage2" / "opd" / "metrics.jsonl").open("a") as f:
         f.write("{truncated\n")
@@ -70,7 +75,7 @@ def test_report_lists_missing_and_unreadable_inputs(report_run):
         assert f"- missing: {rel}" in md
     assert "eval/extra_model__validation.json: unreadable" in md and "unsupported version" in md
     assert "stage2/opd/metrics.jsonl line 31: not JSON" in md
-    assert len(run.evals) == 15 and len(run.logs) == 5
+    assert len(run.evals) == 17 and len(run.logs) == 5  # 15 study evals (one missing) + 2 blank-image
 
 
 def test_accuracy_table_numbers_come_from_the_named_eval_files(report_run):
@@ -81,6 +86,7 @@ def test_accuracy_table_numbers_come_from_the_named_eval_files(report_run):
     assert header[2] == "validation (in-domain) greedy, T=0 (%)"
     assert header[3] == "validation (in-domain) pass@1, sampled T=1, top_p=1, n=8 (%)"
     assert header[4].startswith("ood (out-of-domain) greedy, T=0")
+    assert not any("validation_blank" in h for h in header)  # the ablation has its own section
     ev = read_eval(run_dir / "eval" / "opd+grpo__ood.json")
     row = row_of(table, "opd+grpo")
     assert row[4] == format_interval("greedy_accuracy", ev.summary["greedy_accuracy"])
@@ -96,16 +102,31 @@ def test_every_table_and_figure_names_its_sources(report_run):
     _, md, _, _ = report_run
     n_tables = md.count("\n|---")
     n_figures = md.count("](report_plots/")
-    assert n_tables == 10 and n_figures == 4
-    assert md.count("\nSources: [") == n_tables + n_figures
-    for heading in (
-        "## Accuracy",
+    assert n_tables == 15 and n_figures == 4
+    # every table has a sources column, every figure caption its input numbers; the paths once, at the end
+    for table in md.split("\n|---")[:-1]:
+        assert (
+            table.rsplit("\n", 1)[-1].rstrip().endswith("| sources |") or "| sources (a, b) |" in table[-200:]
+        )
+    assert md.count(" Inputs: [") == n_figures
+    assert "\nSources: " not in md and md.count("## Sources") == 1
+    # the answer first: claims, the entropy page, per-family accuracy, then the rest
+    order = [
+        "## Claims of the paper",
+        "## Entropy along both stages, every arm",
+        "## Accuracy per question family",
+        "## Claim tests in detail",
+        "## Accuracy\n",
         "## pass@k and answer diversity",
-        "## Entropy",
+        "## Entropy tables",
+        "## Stage-2 training dynamics",
         "## Paired differences",
+        "## Ablation: blank images",
+        "## Inputs",
         "## Sources",
-    ):
-        assert heading in md
+    ]
+    positions = [md.index(h) for h in order]
+    assert positions == sorted(positions)
     assert "### pass@k and answer diversity, ood (out-of-domain): Stage-1 init vs Stage-2 endpoint" in md
     assert "### Policy entropy, validation (in-domain): Stage-1 init vs Stage-2 endpoint" in md
 
@@ -135,10 +156,13 @@ def test_html_is_self_contained_with_inline_png_plots(report_run):
     page = html_path.read_text()
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)
     assert "<link" not in page and "<script" not in page
-    images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    images = re.findall(
+        r'<img alt="[^"]*" width="\d+" height="\d+" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page
+    )
     assert len(images) == 4
     assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
-    assert page.count("<table>") == 10
+    assert page.count("<table") == 15
+    assert '<section id="claims">' in page and '<section id="entropy">' in page
 
 
 def test_report_builds_from_an_empty_run_directory(tmp_path):
@@ -205,7 +229,8 @@ def _has_colour(png: bytes, hex_colour: str) -> bool:
 def test_a_fourth_arm_in_study_config_is_in_every_table_and_plot(tmp_path):
     run_dir = write_run_dir(tmp_path / "run", P=12, n=4, B=100, arms=FOUR_ARMS)
     run = load_run(run_dir)
-    assert run.arms == [ArmInfo(a["name"], a["label"]) for a in FOUR_ARMS] and run.reference_arm == "opd"
+    assert run.arms == [ArmInfo(a["name"], a["label"], a["method"]) for a in FOUR_ARMS]
+    assert run.reference_arm == "opd"
     colors = model_colors(run)
     assert [colors[a["name"]] for a in FOUR_ARMS] == list(PALETTE[:4])
     assert colors["sft_long+grpo"] == colors["sft_long"]
@@ -213,8 +238,10 @@ def test_a_fourth_arm_in_study_config_is_in_every_table_and_plot(tmp_path):
     blocks = [b for sec in report.sections for b in sec.blocks]
     tables = [b for b in blocks if isinstance(b, Table)]
     figures = [b for b in blocks if isinstance(b, Figure)]
-    assert len(tables) == 10 and len(figures) == 4
+    assert len(tables) == 12 and len(figures) == 4
     for t in tables:
+        if t.title.startswith("Claim"):  # claims are about the paper's roles, not every arm
+            continue
         rows = {r[0].text: [c.text for c in r] for r in t.rows}
         assert any("sft_long" in key for key in rows), f"no sft_long row in {t.title!r}"
         if "role" in t.header:  # tables that say what each model is: the arm's label from study_config.json
@@ -252,14 +279,7 @@ def find_chromium() -> str | None:
 def screenshot(browser: str, html_file: Path, png: Path, profile: Path) -> np.ndarray:
     cmd = [
         browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--hide-scrollbars",
+        *CHROMIUM_FLAGS,
         f"--user-data-dir={profile}",
         f"--screenshot={png}",
         "--window-size=1200,3000",
@@ -272,6 +292,43 @@ def screenshot(browser: str, html_file: Path, png: Path, profile: Path) -> np.nd
     return (matplotlib.image.imread(png)[..., :3] * 255).round().astype(np.int16)
 
 
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+)
+
+# Injected into a copy of the page (the report itself has no script): after load, the page
+# box of the claims table and of the entropy figure, and the page height, in CSS pixels.
+_POSITIONS_JS = """<script>window.addEventListener('load', function () {
+  function box(sel) { var el = document.querySelector(sel); if (!el) return null;
+    var b = el.getBoundingClientRect(); return [b.top + window.scrollY, b.bottom + window.scrollY]; }
+  document.body.setAttribute('data-pos', JSON.stringify({claims: box('#claims table'),
+    entropy: box('#entropy img'), accuracy: box('#accuracy table'),
+    height: document.documentElement.scrollHeight}));
+});</script>"""
+
+
+def element_positions(browser: str, html_file: Path, tmp: Path, width: int = 1200) -> dict:
+    """Where Chromium lays out the claims table and the entropy figure (top, bottom in px)."""
+    probe = tmp / "positions.html"
+    probe.write_text(html_file.read_text().replace("</body>", _POSITIONS_JS + "</body>", 1))
+    cmd = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile_pos'}", f"--window-size={width},900"]
+    proc = subprocess.run([*cmd, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    m = re.search(r'data-pos="([^"]*)"', proc.stdout)
+    assert m, f"chromium returned no positions (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    return json.loads(html_lib.unescape(m.group(1)))
+
+
+ANSWER_BY_PX = 1900
+"""The claims table and the whole entropy figure must lie within this many pixels of the top at 1200 px wide."""
+
+
 # Locally a machine without chromium skips this one test; under CI (which installs it in
 # .ci/run) a missing browser is a failure, so the browser check cannot silently vanish.
 @pytest.mark.skipif(
@@ -281,6 +338,15 @@ def screenshot(browser: str, html_file: Path, png: Path, profile: Path) -> np.nd
 def test_report_html_renders_its_plots_in_headless_chromium(report_run, tmp_path):
     _, _, html_path, _ = report_run
     browser = find_chromium()
+    # the answer first: the claims table, then the entropy figure, both near the top of a long page
+    pos = element_positions(browser, html_path, tmp_path)
+    claims_top, claims_bottom = pos["claims"]
+    ent_top, ent_bottom = pos["entropy"]
+    assert claims_top < 500 and claims_bottom < ent_top, pos
+    assert ent_bottom < ANSWER_BY_PX, pos
+    assert ent_bottom - ent_top > 150, pos  # the figure has its height before it decodes (width/height set)
+    assert pos["accuracy"][0] > ent_bottom and pos["height"] > 3 * ANSWER_BY_PX, pos
+
     page = html_path.read_text()
     hidden = tmp_path / "report_no_images.html"  # same layout, images invisible
     hidden.write_text(page.replace("</style>", "img { visibility: hidden; }</style>", 1))
@@ -289,15 +355,23 @@ def test_report_html_renders_its_plots_in_headless_chromium(report_run, tmp_path
     assert full.shape == blank.shape == (3000, 1200, 3)
     assert (full < 250).any(axis=2).mean() > 0.05  # the page is not blank: text, tables, plots
     changed = np.abs(full - blank).sum(axis=2) > 30
-    # the first two figures (accuracy, pass@k) lie within 3000 px: a good share of the page is plot
-    assert changed.mean() > 0.05, f"only {changed.mean():.3%} of the pixels come from images"
-    # and the plot pixels carry the arms' colours (matplotlib blue, orange, green)
-    plot_pixels = full[changed]
+    # the entropy figure is where Chromium said: its rows are the first rows of the page that images change
+    rows = np.flatnonzero(changed.any(axis=1))
+    assert abs(rows[0] - ent_top) < 10 and rows[0] < ANSWER_BY_PX, (rows[0], ent_top)
+    in_figure = changed[int(ent_top) : int(ent_bottom)]
+    # a plot is mostly white like the page: its lines, labels and frame are ~10% of its area
+    assert in_figure.mean() > 0.05, f"only {in_figure.mean():.1%} of the entropy figure's area is drawn"
+    # and its pixels carry the arms' colours (matplotlib blue, orange, green)
+    plot_pixels = full[int(ent_top) : int(ent_bottom)][in_figure]
     colors = model_colors(load_run(html_path.parent))
     for arm in ("sft_early", "sft_over", "opd"):
         rgb = np.array([int(colors[arm][i : i + 2], 16) for i in (1, 3, 5)])
         near = (np.abs(plot_pixels - rgb).max(axis=1) < 12).sum()
-        assert near > 500, f"{arm}'s colour {colors[arm]} is not in the rendered plots ({near} pixels)"
+        assert near > 300, (
+            f"{arm}'s colour {colors[arm]} is not in the rendered entropy figure ({near} pixels)"
+        )
+    # the verdict cells are coloured (supported green, contradicted red, inconclusive grey)
+    assert 'class="v-' in page
 
 
 # -------------------------------------------------------------------------------- CLI
@@ -377,7 +451,7 @@ def test_compare_cli_errors_name_the_files(eval_files, capsys):
 def test_report_cli_writes_plots_beside_the_markdown(report_run, capsys):
     run_dir, md, _, _ = report_run
     plots = sorted(p.name for p in (run_dir / "report_plots").iterdir())
-    assert plots == ["accuracy.png", "entropy_trajectories.png", "pass_at_k.png", "reward_curves.png"]
+    assert plots == ["accuracy.png", "entropy_trajectories.png", "pass_at_k.png", "stage2_dynamics.png"]
     assert all(f"](report_plots/{name})" in md for name in plots)
     assert cli.main(["report", str(run_dir / "nope")]) == 2
     assert "not a directory" in capsys.readouterr().err

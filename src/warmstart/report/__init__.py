@@ -14,24 +14,38 @@ Reads a run directory in the layout of ``docs/ARCHITECTURE.md`` (file names:
 
 and writes ``report.md`` (plots as PNG files in ``report_plots/`` beside it) and a
 self-contained ``report.html`` (the same content, plots inlined as base64 PNG, inline
-CSS, no external asset). Sections: accuracy (greedy and pass@1, per split); pass@k and
-answer diversity at each Stage-1 init vs its Stage-2 endpoint; entropy at init and end
-(evaluation samples and training logs); paired differences (endpoint minus its init, and
-each arm minus the reference arm); plots of entropy trajectories, rewards, pass@k and
-accuracy.
+CSS, no external asset). The answer comes first:
+
+1. **Claims of the paper** (:mod:`.claims`, :mod:`.claim_tables`): one row per claim, the
+   toy's measured figure, its paired problem-bootstrap interval, the seed spread and a
+   verdict (supported / contradicted / inconclusive at this power) from a rule fixed in
+   code and printed under the table;
+2. **entropy of every arm along Stage-1 and Stage-2** (training logs) and on the eval
+   samples, one figure;
+3. **accuracy per question family** (families from ``data/<split>.jsonl``);
+
+then every claim test, accuracy, pass@k and answer diversity, entropy tables, Stage-2
+dynamics (reward, KL, clip fraction, response length), paired differences (endpoint
+minus its init, each arm minus the reference arm), the blank-image ablation, the inputs
+(missing / unreadable files, notes) and the sources.
+
+Seeds: an arm trained with several seeds is a group of replicas ``<arm>@s<k>``
+(:mod:`.data`); claims pool them per problem and show each seed's own estimate.
 
 Traceability: every table row names its input files by source number (``[3]``), every
-table and figure lists the files it used, and the last section maps every number to a
-relative path with its status (read / missing / unreadable). Missing or unreadable
-files never stop the report; they are listed at the top and shown as ``—`` in cells.
+figure caption lists the numbers of its inputs, and the last section maps every number
+to a relative path with its status (read / missing / unreadable), once. Missing or
+unreadable files never stop the report; they are counted at the top, listed under
+"Inputs" and shown as ``—`` in cells.
 
 Single-model intervals are the ones stored in each eval file (its own ``bootstrap``
-settings); paired differences are computed here, resampling problems jointly
+settings); paired differences and claims are computed here, resampling problems jointly
 (``--bootstrap`` resamples, ``--seed``).
 
-One module per job: :mod:`.data` (reading the run), :mod:`.blocks` (cells, tables,
-figures), :mod:`.tables`, :mod:`.plots`, :mod:`.render` (Markdown, HTML) and
-:mod:`.build` (assembling and writing); this module is the CLI.
+One module per job: :mod:`.data` (reading the run), :mod:`.claims` (the claims as data,
+pure verdict rules), :mod:`.claim_tables` (claims measured on a run), :mod:`.blocks`
+(cells, tables, figures), :mod:`.tables`, :mod:`.plots`, :mod:`.render` (Markdown, HTML)
+and :mod:`.build` (assembling and writing); this module is the CLI.
 """
 
 from __future__ import annotations
@@ -53,12 +67,19 @@ from warmstart.report.blocks import (
     sampling_note,
 )
 from warmstart.report.build import build_report, make_report
+from warmstart.report.claim_tables import evaluate_claims
+from warmstart.report.claims import CLAIMS, VERDICT_RULE, ClaimSpec, TestSpec
 from warmstart.report.data import STUDY_CONFIG, ArmInfo, RunData, load_run, model_role
 from warmstart.report.plots import PALETTE, PLOT_NAMES, model_colors
 from warmstart.report.render import PLOT_DIR, render_html, render_markdown
 from warmstart.report.tables import DIFF_METRICS
 
 __all__ = [
+    "CLAIMS",
+    "VERDICT_RULE",
+    "ClaimSpec",
+    "TestSpec",
+    "evaluate_claims",
     "MISSING",
     "PLOT_DIR",
     "PLOT_NAMES",

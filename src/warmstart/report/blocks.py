@@ -62,19 +62,23 @@ def sampling_note(ev: EvalResult) -> str:
 
 @dataclass
 class Cell:
-    """A table cell; ``strong`` marks a difference whose interval excludes 0."""
+    """A table cell; ``strong`` marks a difference whose interval excludes 0; ``tone`` a verdict's colour."""
 
     text: str
     strong: bool = False
+    tone: str = ""  # "supported" | "contradicted" | "inconclusive" | "not" (not testable) | ""
 
 
 @dataclass
 class Table:
+    """A table; ``wrap``: its cells may wrap (prose columns), otherwise cells keep to one line."""
+
     title: str
     header: list[str]
     rows: list[list[Cell]]
     note: str = ""
     sources: list[str] = field(default_factory=list)  # relative paths
+    wrap: bool = False
 
 
 @dataclass
@@ -101,8 +105,11 @@ Block = Table | Figure | Paragraph | Bullets
 
 @dataclass
 class Section:
+    """A titled part of the report; ``anchor`` is its HTML id (``claims``, ``entropy``)."""
+
     title: str
     blocks: list[Block] = field(default_factory=list)
+    anchor: str = ""
 
 
 @dataclass
@@ -115,6 +122,10 @@ class Report:
 
     def sources_line(self, paths: list[str]) -> str:
         return "; ".join(f"[{self.source_ids[p]}] {p}" for p in paths) if paths else "none"
+
+    def refs(self, paths: list[str]) -> str:
+        """``[3] [4] [7]``: source numbers only (the paths are listed once, in the Sources section)."""
+        return " ".join(f"[{self.source_ids[p]}]" for p in paths) if paths else "none"
 
 
 class SourceIds:

@@ -19,13 +19,23 @@ from warmstart.report.blocks import (
     Table,
     sampling_note,
 )
+from warmstart.report.claim_tables import claim_tests_table, claims_table, evaluate_claims
+from warmstart.report.claims import POOLING_RULE, VERDICT_RULE
 from warmstart.report.data import RunData, load_run
-from warmstart.report.plots import PLOT_NAMES, accuracy_plot, passk_plot, trajectory_plot
+from warmstart.report.plots import (
+    PLOT_NAMES,
+    accuracy_plot,
+    entropy_page_plot,
+    passk_plot,
+    stage2_dynamics_plot,
+)
 from warmstart.report.render import PLOT_DIR, render_html, render_markdown
 from warmstart.report.tables import (
     accuracy_table,
+    blank_table,
     diff_table,
     entropy_table,
+    family_table,
     passk_table,
     training_table,
 )
@@ -34,82 +44,120 @@ __all__ = ["make_report", "differences_section", "build_report"]
 
 
 def make_report(run: RunData, B: int = M.DEFAULT_B, seed: int = 0, title: str = "warmstart report") -> Report:
-    """All sections of the report, in order, with their source numbering."""
+    """All sections of the report, in order, with their source numbering.
+
+    The answer first: the claims table, then the entropy of every arm along both stages
+    (one figure), then per-family accuracy; then the claim tests in detail, the
+    accuracy, pass@k, entropy and training tables, Stage-2 dynamics, paired differences,
+    the blank-image ablation, the run's inputs and the sources (listed once, at the end).
+    """
     src = SourceIds()
     out: list[Section] = []
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    intro = Section("Run")
-    intro.blocks.append(
+    n_seeds = max((len(r) for r in run.groups.values()), default=0)
+    bad = [f"missing: {p}" for p in run.missing] + [f"{p}: {s}" for p, s in run.unreadable.items()]
+    head = Section("About this run", anchor="run-summary")
+    head.blocks.append(
         Paragraph(
-            f"Run directory: {run.run_dir}. Generated {now}. {len(run.evals)} eval files and "
-            f"{len(run.logs)} training logs read. Paired differences: B={B} resamples of problems, seed={seed}."
+            f"Run directory: {run.run_dir}. Generated {now}. {len(run.evals)} eval files and {len(run.logs)} "
+            f"training logs read; {len(run.groups)} arms, {n_seeds} seed(s) per arm at most; "
+            f"{len(bad)} inputs missing or unreadable (listed under 'Inputs'). Paired intervals: B={B} "
+            f"resamples of problems, seed={seed}."
         )
     )
-    bad = [f"missing: {p}" for p in run.missing] + [f"{p}: {s}" for p, s in run.unreadable.items()]
-    intro.blocks.append(
-        Paragraph("Missing or unreadable inputs:" if bad else "Missing or unreadable inputs: none.")
-    )
-    if bad:
-        intro.blocks.append(Bullets(bad))
-    if run.notes:
-        intro.blocks.append(Paragraph("Notes:"))
-        intro.blocks.append(Bullets(run.notes))
-    out.append(intro)
+    out.append(head)
 
-    acc = Section("Accuracy")
+    results, left_out = evaluate_claims(run, B=B, seed=seed)
+    claims = Section("Claims of the paper", anchor="claims")
+    claims.blocks.append(claims_table(results, src, B, seed))
+    claims.blocks.append(Paragraph(VERDICT_RULE))
+    claims.blocks.append(Paragraph(POOLING_RULE))
+    if left_out:
+        claims.blocks.append(
+            Paragraph(
+                f"Left out: {', '.join(left_out)} (the same claims between matched-outcome checkpoints): no "
+                "arm of this run has checkpoint = 'matched'."
+            )
+        )
+    out.append(claims)
+
+    ent = Section("Entropy along both stages, every arm", anchor="entropy")
+    ent.blocks.append(
+        entropy_page_plot(run) or Paragraph("Entropy: no training log or eval file with entropy.")
+    )
+    out.append(ent)
+
+    fam = Section("Accuracy per question family", anchor="families")
+    for split in run.splits:
+        t = family_table(run, split, src, B, seed)
+        if t is not None:
+            fam.blocks.append(t)
+    if not fam.blocks:
+        fam.blocks.append(
+            Paragraph("No family labels: no data/<split>.jsonl with meta.family for the eval files.")
+        )
+    out.append(fam)
+
+    detail = Section("Claim tests in detail", anchor="claim-tests")
+    detail.blocks.append(claim_tests_table(results, src))
+    out.append(detail)
+
+    acc = Section("Accuracy", anchor="accuracy")
     acc.blocks.append(accuracy_table(run, src))
     acc.blocks.append(accuracy_plot(run) or Paragraph("Accuracy plot: no eval files."))
     out.append(acc)
 
-    div = Section("pass@k and answer diversity")
+    div = Section("pass@k and answer diversity", anchor="pass-at-k")
     for split in run.splits:
         t = passk_table(run, split, src)
         div.blocks.append(t or Paragraph(f"{split}: no eval files."))
     div.blocks.append(passk_plot(run) or Paragraph("pass@k plot: no eval file with samples."))
     out.append(div)
 
-    ent = Section("Entropy")
+    etab = Section("Entropy tables", anchor="entropy-tables")
     for split in run.splits:
         t = entropy_table(run, split, src)
         if t is not None:
-            ent.blocks.append(t)
-    ent.blocks.append(training_table(run, src))
-    ent.blocks.append(
-        trajectory_plot(
-            run,
-            "entropy",
-            (1, 2),
-            "entropy_trajectories",
-            "Entropy along training",
-            "entropy (nats/token)",
-            "Full-vocabulary entropy of each step's own samples (metrics.jsonl 'entropy'), thin: raw, "
-            "thick: moving average; one colour per arm.",
-        )
-        or Paragraph("Entropy trajectories: no metrics.jsonl with 'entropy'.")
-    )
-    ent.blocks.append(
-        trajectory_plot(
-            run,
-            "reward_mean",
-            (2,),
-            "reward_curves",
-            "Stage-2 reward",
-            "reward_mean",
-            "Mean reward of each GRPO step's samples (metrics.jsonl 'reward_mean'); thin: raw, thick: "
-            "moving average.",
-        )
-        or Paragraph("Reward curves: no Stage-2 metrics.jsonl with 'reward_mean'.")
-    )
-    out.append(ent)
+            etab.blocks.append(t)
+    etab.blocks.append(training_table(run, src))
+    out.append(etab)
+
+    dyn = Section("Stage-2 training dynamics", anchor="stage2")
+    dyn.blocks.append(stage2_dynamics_plot(run) or Paragraph("Stage-2 dynamics: no Stage-2 metrics.jsonl."))
+    out.append(dyn)
 
     out.append(differences_section(run, src, B, seed))
 
-    # every file referenced anywhere gets a number; then the rest of the expected files
+    abl = Section("Ablation: blank images", anchor="ablation")
+    abl.blocks.append(blank_table(run, src, B, seed) or Paragraph("No blank-image evaluation in this run."))
+    out.append(abl)
+
+    inputs = Section("Inputs", anchor="inputs")
+    inputs.blocks.append(
+        Paragraph("Missing or unreadable inputs:" if bad else "Missing or unreadable inputs: none.")
+    )
+    if bad:
+        inputs.blocks.append(Bullets(bad))
+    if run.notes:
+        inputs.blocks.append(Paragraph("Notes:"))
+        inputs.blocks.append(Bullets(run.notes))
+    out.append(inputs)
+
+    # number the figures' inputs too, then every other file read or expected
+    for sec in out:
+        for blk in sec.blocks:
+            if isinstance(blk, Figure | Table):
+                blk.sources = list(dict.fromkeys(blk.sources))  # once each, in order of use
+                for rel in blk.sources:
+                    src.ref(rel)
     for rel in run.status:
         src.ref(rel)
-    sources = Section("Sources")
+    sources = Section("Sources", anchor="sources")
     sources.blocks.append(
-        Paragraph("Every [n] in the tables and figures refers to one file, relative to the run directory.")
+        Paragraph(
+            "Every [n] in the tables and figure captions refers to one file, relative to the run directory; "
+            "this is the only list of them."
+        )
     )
     items = []
     for rel, n in src.ids.items():
@@ -126,18 +174,12 @@ def make_report(run: RunData, B: int = M.DEFAULT_B, seed: int = 0, title: str = 
         items.append(desc)
     sources.blocks.append(Bullets(items))
     out.append(sources)
-    for sec in out:
-        for blk in sec.blocks:
-            if isinstance(blk, Figure | Table):
-                blk.sources = list(dict.fromkeys(blk.sources))  # once each, in order of use
-                for rel in blk.sources:
-                    src.ref(rel)
     return Report(title=title, sections=out, source_ids=src.ids)
 
 
 def differences_section(run: RunData, src: SourceIds, B: int, seed: int) -> Section:
     """Per split: each endpoint minus its init, and each arm minus the reference arm (the first) at each stage."""
-    diff = Section("Paired differences")
+    diff = Section("Paired differences", anchor="differences")
     arms, ref_arm = run.arm_names, run.reference_arm
     for split in run.splits:
         domain = SPLITS.get(split, "other split")

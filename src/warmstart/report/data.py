@@ -7,12 +7,22 @@ files) falls back to the models its ``eval/`` file names show: every model that 
 ``base`` or ``teacher``, with its ``+grpo`` suffix removed, is an arm; the default arms
 (:data:`warmstart.evaluate_schema.DEFAULT_ARMS`) keep their labels and come first in
 their order, others follow with their name as label.
+
+Seeds (a proposal for study v2, supported here): the same arm trained with another seed
+is a *replica* named ``<arm>@s<seed>`` (``sft_early@s1``; its endpoint
+``sft_early@s1+grpo``), with its own ``stage1/``, ``stage2/`` and eval files, and its
+own entry in ``study_config.json``'s ``arm`` list (same label). ``@`` cannot occur in
+an arm name (``study/arms.py``), so the suffix is unambiguous; the first seed may keep
+the bare name, so a one-seed run (today's) is a run whose every arm has one replica.
+Replicas of one arm form its *group* (:attr:`ArmInfo.group`): one colour in the plots,
+one row of the claims table, seeds pooled (:mod:`warmstart.report.claims`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +30,7 @@ from typing import TypeVar
 
 from warmstart.evaluate_schema import (
     BASE_MODEL,
+    BLANK_SPLIT,
     DEFAULT_ARMS,
     SPLITS,
     TEACHER_MODEL,
@@ -35,6 +46,9 @@ from warmstart.evaluate_schema import (
 
 __all__ = [
     "STUDY_CONFIG",
+    "SEED_SEP",
+    "seed_group",
+    "replica_name",
     "ArmInfo",
     "RunData",
     "arms_from_study_config",
@@ -46,21 +60,58 @@ __all__ = [
 STUDY_CONFIG = "study_config.json"
 """The study's config as JSON, relative to the run directory (its ``arm`` list names the arms)."""
 
+SEED_SEP = "@s"
+"""Separator of a seed replica's name: ``<arm>@s<seed>``."""
+_REPLICA = re.compile(r"(.+)@s(\d+)")
+
 T = TypeVar("T")
+
+
+def seed_group(name: str) -> str:
+    """The arm a (replica) name belongs to: ``sft_early@s2`` -> ``sft_early``; other names unchanged."""
+    m = _REPLICA.fullmatch(name)
+    return m.group(1) if m else name
+
+
+def replica_name(arm: str, seed: int) -> str:
+    """The name of ``arm`` trained with ``seed``: ``replica_name("opd", 1)`` -> ``opd@s1``."""
+    return f"{arm}{SEED_SEP}{seed}"
+
+
+def _name_seed(name: str) -> int | None:
+    m = _REPLICA.fullmatch(name)
+    return int(m.group(2)) if m else None
 
 
 @dataclass(frozen=True)
 class ArmInfo:
-    """One Stage-1 arm as the report shows it.
+    """One Stage-1 arm (one seed of it) as the report shows it.
 
     Attributes:
         name: run-directory name: ``stage1/<name>/``, ``eval/<name>__<split>.json``; its
             Stage-2 endpoint is ``<name>+grpo``.
         label: what the report calls it (``SFT (early-stopped)``).
+        method: Stage-1 method from ``study_config.json`` (``sft``, ``opd``; ``""`` unknown).
+        checkpoint: which checkpoint of its run it is (``best``, ``final``, v2's
+            ``matched``; ``""`` unknown).
+        seed: its seed: the ``@s<seed>`` of its name, else its stage table's ``seed``
+            in ``study_config.json``; ``None`` unknown.
     """
 
     name: str
     label: str
+    method: str = ""
+    checkpoint: str = ""
+    seed: int | None = None
+
+    @property
+    def group(self) -> str:
+        """The arm this replica is a seed of (its name without ``@s<seed>``)."""
+        return seed_group(self.name)
+
+    @property
+    def seed_label(self) -> str:
+        return f"s{self.seed}" if self.seed is not None else "s?"
 
 
 def arms_from_study_config(path: str | os.PathLike) -> list[ArmInfo]:
@@ -87,7 +138,13 @@ def arms_from_study_config(path: str | os.PathLike) -> list[ArmInfo]:
             raise ValueError(f"key 'arm[{i}].label': expected a string, got {label!r}")
         if any(a.name == name for a in arms):
             raise ValueError(f"key 'arm[{i}].name': arm {name!r} is listed twice")
-        arms.append(ArmInfo(name, label))
+        method = entry.get("method") if isinstance(entry.get("method"), str) else ""
+        checkpoint = entry.get("checkpoint") if isinstance(entry.get("checkpoint"), str) else ""
+        seed = _name_seed(name)
+        stage = entry.get(method) if method else None
+        if seed is None and isinstance(stage, dict) and type(stage.get("seed")) is int:
+            seed = stage["seed"]
+        arms.append(ArmInfo(name, label, method, checkpoint, seed))
     return arms
 
 
@@ -97,7 +154,7 @@ def arms_from_models(models: Iterable[str]) -> list[ArmInfo]:
     found = dict.fromkeys(stage1_arm(m) for m in models)
     names = [a for a in found if a not in (BASE_MODEL, TEACHER_MODEL)]
     ordered = [a for a in default if a in names] + [a for a in names if a not in default]
-    return [ArmInfo(a, default.get(a, a)) for a in ordered]
+    return [ArmInfo(a, default.get(seed_group(a), a), seed=_name_seed(a)) for a in ordered]
 
 
 def model_role(model: str, arms: list[ArmInfo]) -> str:
@@ -123,10 +180,14 @@ class RunData:
     evals: dict[tuple[str, str], EvalResult]  # (model, split) -> eval
     logs: dict[tuple[int, str], list[dict]]  # (stage, arm) -> metrics rows
     models: list[str]  # study models, then others found, in report order
-    splits: list[str]
+    splits: list[str]  # in-domain, OOD, then other splits found (not the blank-image ablation)
     status: dict[str, str]  # relative path -> "read" | "missing" | "unreadable: ..."
     notes: list[str] = field(default_factory=list)
     arms: list[ArmInfo] = field(default_factory=list)  # report order; the first is the reference
+    ablation_splits: list[str] = field(default_factory=list)  # BLANK_SPLIT when its files exist
+    stage1_results: dict[str, dict] = field(default_factory=dict)  # arm -> stage1/<arm>/result.json
+    families: dict[str, dict[str, str]] = field(default_factory=dict)  # split -> problem id -> family
+    config: dict = field(default_factory=dict)  # study_config.json as read ({} without it)
 
     def eval(self, model: str, split: str) -> EvalResult | None:
         return self.evals.get((model, split))
@@ -142,6 +203,33 @@ class RunData:
 
     def role(self, model: str) -> str:
         return model_role(model, self.arms)
+
+    @property
+    def groups(self) -> dict[str, list[ArmInfo]]:
+        """Arm -> its seed replicas, both in report order (one replica per arm in a one-seed run)."""
+        out: dict[str, list[ArmInfo]] = {}
+        for a in self.arms:
+            out.setdefault(a.group, []).append(a)
+        return out
+
+    def arm_info(self, name: str) -> ArmInfo | None:
+        return next((a for a in self.arms if a.name == name), None)
+
+    def shared_run(self, arm: str) -> tuple[str, int] | None:
+        """``(run arm, step)`` when ``arm``'s Stage-1 log is a checkpoint of another arm's run.
+
+        From ``stage1/<arm>/result.json``'s ``derived_from`` (the run's folder) and
+        ``best_step``, as the study writes them for an arm that is a run's ``best/``
+        (the toy's ``sft_early`` is ``sft_over``'s best checkpoint); ``None`` otherwise.
+        """
+        res = self.stage1_results.get(arm, {})
+        src, step = res.get("derived_from"), res.get("best_step")
+        if not isinstance(src, str) or type(step) is not int:
+            return None
+        owner = Path(src).name
+        if owner == arm or owner not in self.arm_names:
+            return None
+        return owner, step
 
     @property
     def missing(self) -> list[str]:
@@ -183,6 +271,54 @@ def _read_metrics_jsonl(path: Path, rel: str, notes: list[str]) -> list[dict]:
     return rows
 
 
+def _read_json_object(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def _read_families(path: Path) -> dict[str, str]:
+    """Problem id -> ``meta.family`` of a warmstart-jsonl problem file (rows without one are left out)."""
+    out = {}
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"line {i}: not JSON ({e.msg})") from None
+        meta = row.get("meta") if isinstance(row, dict) else None
+        if isinstance(meta, dict) and isinstance(meta.get("family"), str) and isinstance(row.get("id"), str):
+            out[row["id"]] = meta["family"]
+    return out
+
+
+def _load_families(data: RunData) -> None:
+    """Family labels of every evaluated split: ``<run>/data/<split>.jsonl``, else beside the eval's data path."""
+    for split in data.splits:
+        ev = next((e for (m, s), e in data.evals.items() if s == split), None)
+        if ev is None:
+            continue
+        rel = f"data/{split}.jsonl"
+        if (data.run_dir / rel).exists():
+            fam = data.read(rel, _read_families, (OSError, UnicodeDecodeError, ValueError))
+        else:  # a run directory copied elsewhere keeps its data/; otherwise the path the eval names
+            path = Path(ev.data.path)
+            path = path / f"{split}.jsonl" if path.is_dir() else path
+            fam = None
+            if path.suffix == ".jsonl" and path.is_file():
+                try:
+                    fam = _read_families(path)
+                except (OSError, UnicodeDecodeError, ValueError) as e:
+                    data.notes.append(f"{path}: family labels not readable ({e})")
+        if fam:
+            data.families[split] = fam
+
+
 def load_run(run_dir: str | os.PathLike) -> RunData:
     """Read every expected (and every other well-named) file of a run directory; never raises on bad files."""
     run_dir = Path(run_dir)
@@ -196,17 +332,23 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
         arms = data.read(STUDY_CONFIG, arms_from_study_config, (ValueError,))
         if arms is None:
             data.notes.append(f"{STUDY_CONFIG} has no usable arm list; arms taken from the eval file names")
+        else:
+            data.config = _read_json_object(run_dir / STUDY_CONFIG)
     data.arms = arms if arms is not None else arms_from_models(m for m, _ in found)
     expected = study_models(data.arm_names)
     data.models = list(dict.fromkeys([*expected, *(m for m, _ in found)]))
-    data.splits = list(dict.fromkeys([*SPLITS, *(s for _, s in found)]))
+    all_splits = list(dict.fromkeys([*SPLITS, *(s for _, s in found)]))
+    data.splits = [s for s in all_splits if s != BLANK_SPLIT]
+    data.ablation_splits = [s for s in all_splits if s == BLANK_SPLIT]
     wanted = list(dict.fromkeys([*((m, s) for m in expected for s in SPLITS), *found]))
     for model, split in wanted:
         rel = eval_relpath(model, split)
         ev = data.read(rel, read_eval, (EvalSchemaError,))
         if ev is None:
             continue
-        if ev.model.name != model or ev.data.split != split:
+        # the blank-image ablation is the in-domain split with its images blanked: its files say "validation"
+        said = "validation" if split == BLANK_SPLIT else split
+        if ev.model.name != model or ev.data.split != said:
             data.notes.append(
                 f"{rel}: the file says model {ev.model.name!r}, split {ev.data.split!r}; "
                 f"reported under its file name ({model!r}, {split!r})"
@@ -220,4 +362,11 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
             )
             if rows is not None:
                 data.logs[(stage, arm)] = rows
+    for arm in data.arm_names:
+        rel = f"stage1/{arm}/result.json"
+        if (run_dir / rel).exists():
+            res = data.read(rel, _read_json_object, (OSError, UnicodeDecodeError, ValueError))
+            if res is not None:
+                data.stage1_results[arm] = res
+    _load_families(data)
     return data

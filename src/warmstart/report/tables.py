@@ -8,15 +8,19 @@ its Stage-2 endpoint, then other models found.
 
 from __future__ import annotations
 
+import numpy as np
+
 from warmstart import metrics as M
 from warmstart.evaluate_schema import (
     BASE_MODEL,
+    BLANK_SPLIT,
     SPLITS,
     TEACHER_MODEL,
     EvalResult,
     eval_relpath,
     metrics_relpath,
     paired_compare,
+    problem_values,
     stage2_model,
 )
 from warmstart.report.blocks import (
@@ -32,6 +36,9 @@ from warmstart.report.data import RunData
 
 __all__ = [
     "DIFF_METRICS",
+    "entropy_source",
+    "family_table",
+    "blank_table",
     "init_end_models",
     "pass_ks",
     "accuracy_table",
@@ -213,8 +220,154 @@ def training_table(run: RunData, src: SourceIds) -> Table:
             "sources",
         ],
         rows=rows,
-        note="From metrics.jsonl: 'entropy' is the full-vocabulary entropy, token mean over the step's own "
-        "samples (training batch, not the evaluation set); 'reward_mean' is the mean reward of the step's samples.",
+        note="From metrics.jsonl: 'entropy' is the full-vocabulary entropy, token mean, of T=1 samples; what "
+        "was sampled differs by stage: " + "; ".join(entropy_sources(run)) + ". 'reward_mean' is the mean "
+        "reward of the GRPO step's samples.",
+        sources=used,
+    )
+
+
+def _arm_stage_config(run: RunData, arm: str) -> dict:
+    """The arm's stage table in study_config.json (``{}`` when unknown)."""
+    for entry in run.config.get("arm", []) if isinstance(run.config.get("arm"), list) else []:
+        if isinstance(entry, dict) and entry.get("name") == arm:
+            stage = entry.get(entry.get("method", ""))
+            return stage if isinstance(stage, dict) else {}
+    return {}
+
+
+def _log_kind(rows: list[dict]) -> str | None:
+    """The ``stage`` field of a log's entropy rows (``sft``, ``opd``, ``grpo``)."""
+    return next((r.get("stage") for r in rows if isinstance(r.get("entropy"), int | float)), None)
+
+
+def entropy_source(run: RunData, stage: int, arm: str) -> str | None:
+    """What the 'entropy' of ``stage<stage>/<arm>/metrics.jsonl`` was measured on, in words (None: no log)."""
+    kind = _log_kind(run.logs.get((stage, arm), []))
+    if kind is None:
+        return None
+    cfg = _arm_stage_config(run, arm) if stage == 1 else run.config.get("grpo", {})
+    cfg = cfg if isinstance(cfg, dict) else {}
+
+    def get(key: str, default: str = "?") -> str:
+        return str(cfg.get(key, default))
+
+    if kind == "sft":
+        return (
+            f"SFT: validation samples, not training batches: one T=1 sample per problem of its selection "
+            f"split '{get('val_split')}' ({get('val_problems')} problems), at step 0 and every "
+            f"{get('eval_every')} steps"
+        )
+    if kind in ("opd", "grpo"):
+        what = "OPD" if kind == "opd" else "GRPO"
+        return (
+            f"{what}: the step's own training rollouts ({get('prompts_per_step')} prompts x {get('n')} samples "
+            f"of split '{get('train_split', 'train')}', T={get('temperature', '1.0')}), every step"
+        )
+    return f"{kind}: the step's own samples"
+
+
+def entropy_sources(run: RunData) -> list[str]:
+    """One description per kind of training log in the run (SFT, OPD, GRPO), in arm order."""
+    out: dict[str, str] = {}
+    for stage in (1, 2):
+        for arm in run.arm_names:
+            kind = _log_kind(run.logs.get((stage, arm), []))
+            if kind is not None and kind not in out:
+                out[kind] = entropy_source(run, stage, arm) or ""
+    return list(out.values())
+
+
+def family_table(run: RunData, split: str, src: SourceIds, B: int, seed: int) -> Table | None:
+    """Greedy accuracy per question family (``meta.family`` of the split's problem file) for every model."""
+    fam = run.families.get(split)
+    models = [m for m in init_end_models(run) if run.eval(m, split) is not None]
+    if not fam or not models:
+        return None
+    ids0 = run.eval(models[0], split).data.problem_ids
+    families = list(dict.fromkeys(fam[i] for i in ids0 if i in fam))
+    counts = {f: sum(fam.get(i) == f for i in ids0) for f in families}
+    rows, used = [], []
+    for m in models:
+        ev = run.eval(m, split)
+        if "greedy_accuracy" not in ev.summary:
+            continue
+        rel = eval_relpath(m, split)
+        used.append(rel)
+        values = problem_values(ev.per_problem, "greedy_accuracy")
+        ids = [p.id for p in ev.per_problem]
+        cells = []
+        for f in families:
+            sel = np.array([fam.get(i) == f for i in ids])
+            if not sel.any():
+                cells.append(Cell(MISSING))
+                continue
+            ci = M.bootstrap_ci(values[sel], B=B, seed=seed)
+            cells.append(Cell(f"{100 * ci.point:.0f} [{100 * ci.lo:.0f}, {100 * ci.hi:.0f}]"))
+        rows.append([Cell(m), *cells, Cell(src.ref(rel))])
+    if not rows:
+        return None
+    in_domain = set(run.families.get("validation", {}).values())
+    header = ["model"]
+    for f in families:
+        tag = " (OOD only)" if split != "validation" and in_domain and f not in in_domain else ""
+        header.append(f"{f}{tag}, n={counts[f]} (%)")
+    return Table(
+        title=f"Greedy accuracy per question family, {split} ({SPLITS.get(split, 'other split')})",
+        header=[*header, "sources"],
+        rows=rows,
+        note=f"Percent of each family's problems answered correctly by the greedy response, 95% bootstrap "
+        f"interval over that family's problems (B={B}, seed={seed}). Families from meta.family of the split's "
+        "problem file (data/<split>.jsonl).",
+        sources=used,
+    )
+
+
+def blank_table(run: RunData, src: SourceIds, B: int, seed: int) -> Table | None:
+    """The blank-image ablation: accuracy with and without the diagrams, and the paired drop."""
+    if BLANK_SPLIT not in run.ablation_splits:
+        return None
+    rows, used = [], []
+    for m in run.models:
+        blank, full = run.eval(m, BLANK_SPLIT), run.eval(m, "validation")
+        if blank is None:
+            continue
+        rels = [eval_relpath(m, "validation"), eval_relpath(m, BLANK_SPLIT)]
+        row = [Cell(m), Cell(run.role(m))]
+        for ev in (full, blank):
+            for k in ("greedy_accuracy", "pass@1"):
+                row.append(Cell(format_interval(k, ev.summary.get(k)) if ev is not None else MISSING))
+        diff: dict = {}
+        if full is not None:
+            used += rels
+            try:
+                diff = paired_compare(blank, full, ["greedy_accuracy", "pass@1"], B=B, seed=seed)
+            except (ValueError, M.ProblemMismatchError):
+                diff = {}
+        else:
+            used.append(rels[1])
+        for k in ("greedy_accuracy", "pass@1"):
+            iv = diff.get(k)
+            row.append(Cell(format_interval(k, iv, diff=True), strong=iv is not None and iv.excludes_zero()))
+        rows.append([*row, Cell(src.refs([r for r in rels if r in used]))])
+    if not rows:
+        return None
+    return Table(
+        title="Blank-image ablation: in-domain accuracy with and without the diagrams",
+        header=[
+            "model",
+            "role",
+            "with images greedy (%)",
+            "with images pass@1 (%)",
+            "blank images greedy (%)",
+            "blank images pass@1 (%)",
+            "blank − images greedy (pp)",
+            "blank − images pass@1 (pp)",
+            "sources",
+        ],
+        rows=rows,
+        note="The in-domain validation problems with every image blanked: how much of the accuracy comes from "
+        f"reading the diagram. Differences paired on problems (B={B}, seed={seed}); **bold**: interval excludes 0.",
         sources=used,
     )
 
