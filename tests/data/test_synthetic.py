@@ -22,6 +22,7 @@ from warmstart.data.synthetic import (
     LETTERS,
     OOD_ONLY_FAMILIES,
     OOD_STYLE,
+    OOD_STYLES,
     SPLITS,
     SynthConfig,
     family_value,
@@ -85,21 +86,34 @@ def test_every_family_and_category_appears(splits):
         for fam in ID_FAMILIES:
             seen = {p.meta["visual"] for p in splits[split] if p.meta["family"] == fam}
             assert seen == {c.name for c in FACTS[FAMILIES[fam].fact]}, (split, fam)
-    assert {p.meta["family"] for p in splits["ood"]} == set(ID_FAMILIES) | set(OOD_ONLY_FAMILIES)
+    # The default ood split has the in-domain families (shifted style and question form).
+    assert {p.meta["family"] for p in splits["ood"]} == set(ID_FAMILIES)
+    for fam in ID_FAMILIES:
+        seen = {p.meta["visual"] for p in splits["ood"] if p.meta["family"] == fam}
+        assert seen == {c.name for c in FACTS[FAMILIES[fam].fact]}, ("ood", fam)
 
 
-def test_ood_split_differs_in_families_style_and_phrasing(splits):
+def test_ood_split_differs_in_style_and_phrasing(splits):
     in_domain = splits["train"] + splits["validation"] + splits["test"]
     ood = splits["ood"]
-    ood_only = {p.meta["family"] for p in ood} - {p.meta["family"] for p in in_domain}
-    assert len(ood_only) >= 2
-    assert all(p.meta["in_domain_family"] == (p.meta["family"] not in ood_only) for p in ood)
-    assert {p.meta["style"] for p in ood} == {"ood"} and {p.meta["style"] for p in in_domain} == {"indomain"}
+    assert all(p.meta["in_domain_family"] for p in ood)
+    assert {p.meta["style"] for p in ood} == {"ood_paper"}
+    assert {p.meta["style"] for p in in_domain} == {"indomain"}
     # No question text is shared between the in-domain and the OOD phrasings.
     assert not {p.question for p in ood} & {p.question for p in in_domain}
-    # Dark background out of domain, white in domain (corner pixel of every image).
-    assert all(max(p.images[0].getpixel((0, 0))) < 80 for p in ood)
+    # A cream page out of domain, white in domain (corner pixel of every image).
+    assert all(p.images[0].getpixel((0, 0)) == OOD_STYLE.background for p in ood)
     assert all(min(p.images[0].getpixel((0, 0))) > 200 for p in in_domain)
+
+
+def test_ood_only_families_and_the_dark_style_on_request():
+    cfg = SynthConfig(seed=1, n_ood=36, ood_families=ID_FAMILIES + OOD_ONLY_FAMILIES, ood_style="dark")
+    ood = generate_split(cfg, "ood")
+    assert {p.meta["family"] for p in ood} == set(ID_FAMILIES) | set(OOD_ONLY_FAMILIES)
+    assert all(p.meta["in_domain_family"] == (p.meta["family"] in ID_FAMILIES) for p in ood)
+    assert {p.meta["style"] for p in ood} == {"ood_dark"}
+    # Dark background (corner pixel of every image).
+    assert all(max(p.images[0].getpixel((0, 0))) < 80 for p in ood)
 
 
 def test_rationale_boxes_the_answer_and_its_arithmetic_is_right(splits):
@@ -147,7 +161,7 @@ def test_images_have_the_stated_size():
                 assert image.size == (size, size) and image.mode == "RGB"
 
 
-@pytest.mark.parametrize("style", [ID_STYLE, OOD_STYLE], ids=["indomain", "ood"])
+@pytest.mark.parametrize("style", [ID_STYLE, *OOD_STYLES.values()], ids=["indomain", *OOD_STYLES])
 def test_the_visual_fact_changes_many_pixels(style):
     # Same jitter (equally seeded generators), different category: the drawings must
     # differ clearly, not in a few edge pixels, or a tiny model cannot read the fact.
@@ -192,7 +206,8 @@ def test_cli_writes_loadable_splits_and_manifest(tmp_path, capsys):
         assert p.load_images()[0].size == (28, 28)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["sizes"] == sizes and manifest["seed"] == 7 and manifest["image_size"] == 28
-    assert set(manifest["ood_only_families"]) == set(OOD_ONLY_FAMILIES)
+    assert manifest["ood_only_families"] == []  # the default ood split: in-domain families
+    assert manifest["styles"]["ood"] == OOD_STYLE.name and manifest["ood_style"] == "paper"
     assert manifest["families"]["train"] == list(ID_FAMILIES)
 
 
@@ -212,6 +227,8 @@ def test_bad_config_is_an_error_naming_the_field():
         SynthConfig(image_size=50)
     with pytest.raises(ConfigError, match="ood_families.*nope"):
         SynthConfig(ood_families=("polygon_perimeter", "nope"))
+    with pytest.raises(ConfigError, match="ood_style.*paper"):
+        SynthConfig(ood_style="neon")
     with pytest.raises(ConfigError, match="n_test"):
         SynthConfig(n_test=-1)
     cfg = from_dict(SynthConfig, {"seed": 2, "families": ["figure_area", "sector_area"]})

@@ -74,7 +74,12 @@ class Family:
         sample: draws the numbers given in the text; must not depend on the category.
         value: the answer for a category and the numbers (an integer).
         questions: in-domain phrasings (``str.format`` with the numbers).
-        ood_questions: the phrasings used in the ``ood`` split.
+        ood_questions: the phrasings used in the ``ood`` split: the clauses of the two
+            in-domain phrasings crossed over (the givens of one with the question of the
+            other, or "What is" and "Find" swapped), so every word is one the in-domain
+            phrasings use (the family's own, or those of the in-domain families) but no
+            sentence is one of them: a question-form shift, not a new vocabulary (see
+            :mod:`warmstart.data.synthetic`).
         steps: rationale phrasings (format fields: the numbers, :func:`_fact_fields`, ``ans``).
         extras: wrong but plausible values used as distractors when the fact has fewer
             than four categories (values that the text alone can compute, so they do not
@@ -116,8 +121,8 @@ _FAMILY_LIST: tuple[Family, ...] = (
             "Each side of the regular shape is {side}. Find the perimeter.",
         ),
         ood_questions=(
-            "All edges of this regular figure measure {side} cm. How long is its boundary?",
-            "A regular figure with edge length {side} is shown. Compute the total edge length.",
+            "The regular shape has side {side}. Find its perimeter.",
+            "Each side of the regular polygon is {side}. What is the perimeter?",
         ),
         steps=(
             "The shape is a {name}, {n} sides. {n}*{side}={ans}.",
@@ -135,8 +140,8 @@ _FAMILY_LIST: tuple[Family, ...] = (
             "Find the sum of the interior angles of the shape.",
         ),
         ood_questions=(
-            "How many degrees do the inside angles of this figure add up to?",
-            "Add up every interior angle of the figure shown. What total do you get, in degrees?",
+            "Find the sum of the interior angles of the regular polygon.",
+            "What is the sum of the interior angles of the shape?",
         ),
         steps=(
             "The shape is a {name}, {n} sides. ({n}-2)*180={ans}.",
@@ -154,8 +159,8 @@ _FAMILY_LIST: tuple[Family, ...] = (
             "Base {b}, height {h}. Find the area of the figure.",
         ),
         ood_questions=(
-            "The shape shown has base {b} cm and height {h} cm. How many square cm does it cover?",
-            "Compute the area enclosed by the figure if its base is {b} and its height is {h}.",
+            "The figure has base {b} and height {h}. Find its area.",
+            "Base {b}, height {h}. What is the area of the figure?",
         ),
         steps=(
             "The figure is a {name}. Area {b}*{h}{half}={ans}.",
@@ -180,8 +185,8 @@ _FAMILY_LIST: tuple[Family, ...] = (
             "A circle of area {A} is partly shaded. Find the shaded area.",
         ),
         ood_questions=(
-            "The complete disk covers {A} square units. How much of it is coloured?",
-            "If the full circle has area {A}, what area does the highlighted region cover?",
+            "The whole circle has area {A}. Find the shaded area.",
+            "A circle of area {A} is partly shaded. What is the shaded area?",
         ),
         steps=(
             "{Frac} of the circle is shaded. {A}*{q}/4={ans}.",
@@ -198,8 +203,8 @@ _FAMILY_LIST: tuple[Family, ...] = (
             "A 2x2 grid has cells of area {a}. Find the shaded area.",
         ),
         ood_questions=(
-            "Each of the four tiles covers {a} square units. What area do the coloured tiles cover?",
-            "The tiles each have area {a}. Compute the total area of the highlighted tiles.",
+            "Each cell of the 2x2 grid has area {a}. Find the shaded area.",
+            "A 2x2 grid has cells of area {a}. What is the shaded area?",
         ),
         steps=(
             "Shaded cells: {k} of 4. {k}*{a}={ans}.",
@@ -217,15 +222,15 @@ _FAMILY_LIST: tuple[Family, ...] = (
             "A 2x2 grid of total area {T} is shown. Find the shaded area.",
         ),
         ood_questions=(
-            "A board of four equal tiles has area {T}. How much of it is coloured?",
-            "The square board shown covers {T} square units. What is the highlighted area?",
+            "The whole 2x2 grid has area {T}. Find the shaded area.",
+            "A 2x2 grid of total area {T} is shown. What is the shaded area?",
         ),
         steps=(
             "Shaded cells: {k} of 4. {T}*{k}/4={ans}.",
             "{k} of the 4 cells are shaded, so the area is {T}*{k}/4={ans}.",
         ),
     ),
-    # --- held out of the in-domain splits (default ``ood_families`` only)
+    # --- in no split by default (``families`` / ``ood_families`` can add them)
     Family(
         name="polygon_exterior_angle",
         fact="polygon",
@@ -236,8 +241,8 @@ _FAMILY_LIST: tuple[Family, ...] = (
             "Find the exterior angle of the regular shape.",
         ),
         ood_questions=(
-            "How many degrees is each exterior angle of this regular figure?",
-            "What is the measure, in degrees, of one outside angle of the regular figure shown?",
+            "Find one exterior angle of the regular polygon.",
+            "What is the exterior angle of the regular shape?",
         ),
         steps=(
             "The shape is a {name}, {n} sides. 360/{n}={ans}.",
@@ -255,8 +260,8 @@ _FAMILY_LIST: tuple[Family, ...] = (
             "A regular shape has perimeter {P}. Find one side.",
         ),
         ood_questions=(
-            "The boundary of this regular figure is {P} cm long. How long is each edge?",
-            "All edges of the figure are equal and add up to {P}. What is one edge?",
+            "The regular polygon has perimeter {P}. Find one side.",
+            "A regular shape has perimeter {P}. What is the length of one side?",
         ),
         steps=(
             "The shape is a {name}, {n} sides. {P}/{n}={ans}.",
@@ -273,8 +278,8 @@ _FAMILY_LIST: tuple[Family, ...] = (
             "A 2x2 grid has cells of area {a}. Find the area that is not shaded.",
         ),
         ood_questions=(
-            "Each of the four tiles covers {a} square units. What area do the uncoloured tiles cover?",
-            "The tiles each have area {a}. How much area is not highlighted?",
+            "Each cell of the 2x2 grid has area {a}. Find the area that is not shaded.",
+            "A 2x2 grid has cells of area {a}. What is the unshaded area?",
         ),
         steps=(
             "Shaded cells: {k} of 4, so {rest} unshaded. {rest}*{a}={ans}.",
