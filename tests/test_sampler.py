@@ -43,10 +43,10 @@ def test_make_sampler_gives_a_local_sampler_that_is_a_sampler(toys):
 
 def test_unknown_backend_is_a_config_error_naming_the_valid_ones(toys):
     policy = toys[0]
-    with pytest.raises(ConfigError, match=r"'vllm' is not one of \['local'\]"):
-        make_sampler(RolloutConfig(backend="vllm"), policy.model, policy.processor)
-    with pytest.raises(ConfigError, match=r"backend: 'vllm' is not one of \['local'\]"):
-        from_dict(RolloutConfig, {"backend": "vllm"})
+    with pytest.raises(ConfigError, match=r"'sglang' is not one of \['local', 'vllm'\]"):
+        make_sampler(RolloutConfig(backend="sglang"), policy.model, policy.processor)
+    with pytest.raises(ConfigError, match=r"backend: 'sglang' is not one of \['local', 'vllm'\]"):
+        from_dict(RolloutConfig, {"backend": "sglang"})
 
 
 def test_rollout_config_from_dict_rejects_unknown_keys_and_negative_rows():

@@ -19,7 +19,11 @@ from pathlib import Path
 # ``add_arguments`` adds their own sub-parsers.
 COMMANDS: list[tuple[str, str, str]] = [
     ("data", "warmstart.data.cli", "inspect problem files; generate the synthetic geometry world"),
-    ("serve", "warmstart.serve", "serve a local model's prompt log-probs over the OpenAI/vLLM chat API"),
+    (
+        "serve",
+        "warmstart.serve",
+        "serve a teacher's log-probs: torch engine (OpenAI chat API) or vLLM engine (exact token ids)",
+    ),
     ("pretrain", "warmstart.stages.pretrain", "stage 0 (toy only): train a toy student/teacher from scratch"),
     ("sft", "warmstart.stages.sft", "Stage-1 SFT on worked solutions (early-stopped or over-trained arm)"),
     ("opd", "warmstart.stages.opd", "Stage-1 on-policy distillation from a teacher (local or HTTP)"),

@@ -1,4 +1,16 @@
-"""``warmstart serve``: a local model as an OpenAI/vLLM-style prompt-scoring server.
+"""``warmstart serve``: a local model as a teacher server, on one of two engines.
+
+* ``--engine torch`` (default): this module's server (below), the model in this
+  process, the OpenAI/vLLM chat subset that :class:`warmstart.teacher.HTTPScorer`'s
+  ``chat`` protocol uses.
+* ``--engine vllm``: :mod:`warmstart.vllm_server` started from the vLLM venv
+  (``.venv-vllm``; ``--vllm-python`` or ``$WARMSTART_VLLM_PYTHON`` to choose another),
+  speaking the exact-token protocol (``/score`` with the student's token ids and images;
+  ``teacher_protocol = "tokens"`` in the OPD config). Extra vLLM engine flags go after
+  ``--``: ``warmstart serve --engine vllm --model DIR --port 8000 -- --tensor-parallel-size 2``.
+  The URL is printed once the engine answers ``/health``.
+
+The torch engine, in detail:
 
 It speaks the subset of vLLM's OpenAI-compatible API that
 :class:`warmstart.teacher.HTTPScorer` uses, so the HTTP teacher path can be run and
@@ -388,27 +400,74 @@ def start_server(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from warmstart.models.load import DTYPES
 
+    parser.add_argument(
+        "--engine",
+        choices=("torch", "vllm"),
+        default="torch",
+        help="torch (default): the model in this process, OpenAI chat API with prompt_logprobs "
+        "(teacher_protocol 'chat'). vllm: warmstart.vllm_server from the vLLM venv, exact token-id "
+        "scoring with images (teacher_protocol 'tokens'); vLLM engine flags after --",
+    )
     parser.add_argument("--model", required=True, help="checkpoint directory (or hub id) to serve")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one; default 8000)")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model dtype")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument(
-        "--served-model-name", default=None, help="name in /v1/models and replies (default: --model as given)"
+        "--dtype",
+        default=None,
+        choices=sorted(DTYPES) + ["auto"],
+        help="model dtype (default: float32 for torch, auto = vLLM's rule for vllm)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (torch engine; default cpu)")
+    parser.add_argument(
+        "--served-model-name",
+        default=None,
+        help="name in /v1/models and replies (torch engine; default: --model as given)",
     )
     parser.add_argument(
         "--no-suppress-vision",
         action="store_true",
-        help="score the raw distribution (as vLLM does) instead of suppressing the vision special tokens",
+        help="torch engine: score the raw distribution instead of suppressing the vision special tokens "
+        "(the vllm engine suppresses what each request names)",
+    )
+    parser.add_argument(
+        "--vllm-python",
+        default=None,
+        help="vllm engine: the vLLM venv's python (default $WARMSTART_VLLM_PYTHON, else .venv-vllm/bin/python)",
+    )
+    parser.add_argument(
+        "--max-model-len", type=int, default=0, help="vllm engine: longest sequence (0 = the model's own)"
+    )
+    parser.add_argument(
+        "--kv-cache-gib", type=float, default=1.0, help="vllm engine, CPU build: KV cache GiB (default 1)"
+    )
+    parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=1800.0,
+        help="vllm engine: seconds to wait for the engine to load",
+    )
+    parser.add_argument(
+        "vllm_args",
+        nargs=argparse.REMAINDER,
+        help="vllm engine: after --, any `vllm serve` engine flag (--tensor-parallel-size 2 ...)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    extra = list(args.vllm_args or [])
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    if args.engine == "vllm":
+        return _run_vllm(args, extra)
+    if extra:
+        raise ValueError(f"unexpected arguments {extra}: engine flags after -- are for --engine vllm")
+    if args.dtype == "auto":
+        raise ValueError("--dtype auto is for --engine vllm; the torch engine takes an explicit dtype")
     server, url = make_server(
         args.model,
         args.host,
         args.port,
-        args.dtype,
+        args.dtype or "float32",
         args.device,
         args.served_model_name,
         suppress_vision=not args.no_suppress_vision,
@@ -423,3 +482,43 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _run_vllm(args: argparse.Namespace, engine_args: list[str]) -> int:
+    """``--engine vllm``: run warmstart.vllm_server in the foreground until it exits or Ctrl-C."""
+    import signal
+
+    from warmstart.vllm_engine import VLLMServer
+
+    # vLLM's names for this CLI's dtype aliases.
+    dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(args.dtype, args.dtype or "auto")
+    server = VLLMServer(
+        args.model,
+        python=args.vllm_python,
+        host=args.host,
+        port=args.port,
+        dtype=dtype,
+        max_model_len=args.max_model_len,
+        kv_cache_gib=args.kv_cache_gib,
+        engine_args=engine_args,
+        start_timeout_s=args.start_timeout,
+    )
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (a supervisor, a test) stops the engine as Ctrl-C does.
+    signal.signal(signal.SIGTERM, interrupt)
+    # The URL goes out first and alone on its line, once the engine answers /health.
+    print(server.url, flush=True)
+    print(
+        f"warmstart serve (vLLM engine): {args.model} at {server.url}; engine log {server.log_path} (Ctrl-C stops)",
+        flush=True,
+    )
+    try:
+        code = server.proc.wait()
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        server.close()
+    return 0 if code == 0 else 1

@@ -8,7 +8,9 @@ OPD stage never knows which one runs:
   ``load_policy`` loads), scored with :func:`warmstart.scoring.score_rollouts`.
 * :class:`HTTPScorer`: a remote teacher behind the OpenAI-compatible chat API of a
   vLLM server (e.g. Qwen2.5-VL-72B), or ``warmstart serve`` which speaks the same
-  subset of the protocol.
+  subset of the protocol (``protocol="chat"``); or behind :mod:`warmstart.vllm_server`
+  (``warmstart serve --engine vllm``), which scores the student's exact token ids and
+  images (``protocol="tokens"``, below).
 
 The HTTP protocol (vLLM's ``prompt_logprobs`` extension of chat completions)
 --------------------------------------------------------------------------------
@@ -68,7 +70,32 @@ id):
   positions) is reported as *too short* or *too long* (a truncated or padded reply),
   not as a tokenizer difference.
 
-**Serving the teacher with vLLM.** e.g. ``vllm serve Qwen/Qwen2.5-VL-72B-Instruct
+The exact-token protocol (``protocol="tokens"``)
+------------------------------------------------
+The text protocol above cannot carry a sampled token sequence that is not the canonical
+encoding of its text (the row then fails the alignment check; a real student samples
+such rows, at 7B too), and one such row aborts an OPD run. With ``protocol="tokens"``
+the scorer talks to :mod:`warmstart.vllm_server` (``warmstart serve --engine vllm``):
+one request per ``batch_size`` rows::
+
+    POST {base_url}/score
+    {"prompts": [{"token_ids": <the student's prompt ids, image pads expanded> + <response ids>,
+                  "images": [<base64 PNG>, ...], "score_from": <prompt length>}, ...],
+     "suppress_token_ids": <rollouts.suppressed_ids>}
+    -> {"results": [{"logprobs": [<log p of each response token>]}, ...]}
+
+The teacher scores the student's very token ids, image included: nothing is
+re-tokenised, so there is nothing to align (the server checks that its image expansion
+gives back the same prompt length). The suppressed ids get the same ``SUPPRESS_LOGIT``
+as in :class:`InProcessScorer`, so a vLLM teacher's numbers are the in-process
+teacher's (within float noise; 2e-3 nats is the tested bound). The EOS token of a
+``stop`` row is scored like any other token. Replies are checked as above: one result
+per row, exactly one finite log-prob ``<= LOGPROB_TOLERANCE`` per real response token.
+
+**Serving the teacher with vLLM.** For exact tokens: ``warmstart serve --engine vllm
+--model Qwen/Qwen2.5-VL-72B-Instruct-AWQ --port 8000 --max-model-len 8192 --
+--tensor-parallel-size 2`` and ``teacher_protocol = "tokens"`` in the OPD config. For the
+text protocol, e.g. ``vllm serve Qwen/Qwen2.5-VL-72B-Instruct
 --tensor-parallel-size 8``. Recent vLLM ignores the prefix cache for requests that ask
 for prompt log-probs (it recomputes them); older releases returned wrong values or
 failed with prefix caching on, so start those with ``--no-enable-prefix-caching``.
@@ -109,6 +136,8 @@ DEFAULT_EOS_TEXT = "<|im_end|>"  # Qwen2/2.5(-VL) chat models end an assistant t
 # A log-prob above 0 is impossible; float32 log-softmax noise can give a hair above it. Values in
 # (0, LOGPROB_TOLERANCE] are accepted as they are, anything larger (or non-finite) is an error.
 LOGPROB_TOLERANCE = 1e-4
+# HTTPScorer protocols: OpenAI chat text (vLLM's prompt_logprobs) or exact token ids (warmstart.vllm_server).
+PROTOCOLS = ("chat", "tokens")
 
 
 class TeacherError(RuntimeError):
@@ -255,6 +284,10 @@ class HTTPScorer(Scorer):
             exact decoding of the sampled ids (special tokens included), and a mismatch
             error can tell a tokenizer difference from a non-canonical sample.
         eos_text: EOS/terminator text used when ``tokenizer`` is ``None`` (or has no EOS).
+        protocol: ``chat`` (OpenAI chat completions with ``prompt_logprobs``: real ``vllm
+            serve`` or ``warmstart serve``; text, re-tokenised by the server, alignment
+            checked) or ``tokens`` (the exact student token ids and images to
+            :mod:`warmstart.vllm_server`'s ``/score``; ``batch_size`` rows per request).
     """
 
     def __init__(
@@ -268,7 +301,10 @@ class HTTPScorer(Scorer):
         api_key: str | None = None,
         tokenizer: Any = None,
         eos_text: str | None = None,
+        protocol: str = "chat",
     ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_retries < 0:
@@ -283,6 +319,7 @@ class HTTPScorer(Scorer):
         self.api_key = api_key
         self.tokenizer = tokenizer
         self.eos_text = eos_text or getattr(tokenizer, "eos_token", None) or DEFAULT_EOS_TEXT
+        self.protocol = protocol
         self._model_lock = threading.Lock()
 
     # -- transport ------------------------------------------------------------------------------
@@ -560,6 +597,8 @@ class HTTPScorer(Scorer):
         rows = [b for b in range(B) if lengths[b] > 0]
         if not rows:
             return TokenScores(logp_BT=logp_BT, entropy_BT=None)
+        if self.protocol == "tokens":
+            return self._score_tokens(rollouts, rows, lengths, logp_BT)
         model = self.resolved_model_name()
         # Encode each prompt's images once, however many samples share it.
         messages_by_q: dict[int, list[dict]] = {}
@@ -584,6 +623,67 @@ class HTTPScorer(Scorer):
                 raise
         return TokenScores(logp_BT=logp_BT, entropy_BT=None)
 
+    # -- the exact-token protocol ---------------------------------------------------------------
+
+    def _score_tokens(
+        self, rollouts: Rollouts, rows: list[int], lengths: list[int], logp_BT: torch.Tensor
+    ) -> TokenScores:
+        """``protocol="tokens"``: the student's exact ids + images to ``/score``, ``batch_size`` rows a request."""
+        from warmstart.vllm_engine import image_b64, prompt_token_ids
+
+        prompts: dict[int, tuple[list[int], list[str]]] = {}  # each prompt's ids and images, encoded once
+        for b in rows:
+            q = int(rollouts.prompt_index_B[b])
+            if q not in prompts:
+                images = rollouts.prompts.problems[q].load_images()
+                prompts[q] = (prompt_token_ids(rollouts.prompts, q), [image_b64(im) for im in images])
+        suppress = [int(i) for i in rollouts.suppressed_ids]
+        url = self.base_url + "/score"
+        for s in range(0, len(rows), self.batch_size):
+            chunk = rows[s : s + self.batch_size]
+            items = []
+            for b in chunk:
+                ids, images = prompts[int(rollouts.prompt_index_B[b])]
+                response = rollouts.response_ids_BT[b, : lengths[b]].tolist()
+                items.append({"token_ids": ids + response, "images": images, "score_from": len(ids)})
+            data = self._json("POST", "/score", {"prompts": items, "suppress_token_ids": suppress})
+            results = data.get("results") if isinstance(data, dict) else None
+            if not isinstance(results, list) or len(results) != len(chunk):
+                got = len(results) if isinstance(results, list) else "no"
+                raise TeacherError(
+                    f"malformed response from {url}: {got} results for {len(chunk)} rows "
+                    f"(from {_row_name(rollouts, chunk[0])}); is the server warmstart.vllm_server?"
+                )
+            for b, result in zip(chunk, results):
+                logp_BT[b, : lengths[b]] = torch.tensor(
+                    self._token_logprobs(result, lengths[b], url, _row_name(rollouts, b)), dtype=torch.float32
+                )
+        return TokenScores(logp_BT=logp_BT, entropy_BT=None)
+
+    @staticmethod
+    def _token_logprobs(result: Any, n: int, url: str, row: str) -> list[float]:
+        """The ``n`` response log-probs of one ``/score`` result, checked."""
+        lps = result.get("logprobs") if isinstance(result, dict) else None
+        if not isinstance(lps, list):
+            raise TeacherError(
+                f"malformed response from {url}: no logprobs list for {row}: {str(result)[:200]}"
+            )
+        if len(lps) != n:
+            raise TeacherError(
+                f"malformed response from {url}: reply too {'short' if len(lps) < n else 'long'} for {row}: "
+                f"{len(lps)} log-probs for {n} response tokens"
+            )
+        out = []
+        for t, lp in enumerate(lps):
+            ok = isinstance(lp, int | float) and not isinstance(lp, bool)
+            if not (ok and math.isfinite(lp) and lp <= LOGPROB_TOLERANCE):
+                raise TeacherError(
+                    f"teacher at {url} returned an impossible log-prob {lp!r} for {row} at response position "
+                    f"{t}: log-probs must be finite and <= 0"
+                )
+            out.append(float(lp))
+        return out
+
 
 def http_generate(
     scorer: HTTPScorer, problems: list[Any], n: int, temperature: float, max_tokens: int, seed: int = 0
@@ -595,6 +695,11 @@ def http_generate(
     """
     from warmstart.data.prompts import build_messages
 
+    if scorer.protocol != "chat":
+        raise TeacherError(
+            f"teacher at {scorer.base_url}: sampling rationales needs an OpenAI-compatible chat server "
+            f"(protocol 'chat', e.g. `vllm serve`), not protocol {scorer.protocol!r}"
+        )
     model = scorer.resolved_model_name()
 
     def one(i: int) -> list[str]:
