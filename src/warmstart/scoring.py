@@ -20,6 +20,13 @@ Public API:
 * :func:`score_sequences` -- any model, any batch of prompt + continuation sequences.
 * :func:`score_rollouts` -- the response tokens of a :class:`warmstart.rollout.Rollouts`.
 * :func:`naive_logp_entropy` -- the textbook reference (materialises logits); tests and benchmarks only.
+* :class:`ScoringHead` -- the LM head as a module that can also score tokens, so that under
+  FSDP2 the chunked head runs inside the head unit's own forward (its weight gathered by
+  FSDP's hooks, its gradient reduce-scattered by them) instead of reading a sharded weight.
+
+Device: the model may live on a GPU while the batch tensors stay on the CPU (the
+``Rollouts`` contract); inputs are moved to the model's device and the scores come back on
+the device of ``input_ids_BL``, still differentiable.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from warmstart.distributed import autocast_for
 from warmstart.models.load import unwrap_model
 
 # The sampler's constant and vision-token rule, so that scores describe its distribution:
@@ -289,6 +297,53 @@ def chunked_logp_entropy(
     return logp_N, (entropy_N if with_entropy else None)
 
 
+class ScoringHead(torch.nn.Linear):
+    """``nn.Linear`` LM head that, given ``score_targets``, returns chunked (logp, entropy) instead of logits.
+
+    ``head(hidden)`` is the ordinary linear layer (generation, saving, vLLM export: the
+    parameters and state dict are those of the ``nn.Linear`` it replaces).
+    ``head(hidden_NH, score_targets=targets_N, ...)`` runs :func:`chunked_logp_entropy` on
+    ``self.weight`` inside the module's forward, so module hooks (FSDP2's all-gather before,
+    reshard after, gradient reduce-scatter in backward) apply to it as to any forward.
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        hidden: Tensor,
+        score_targets: Tensor | None = None,
+        chunk_size: int = 1024,
+        with_entropy: bool = True,
+        temperature: float = 1.0,
+        suppress_ids: Sequence[int] | None = None,
+    ):
+        if score_targets is None:
+            return super().forward(hidden)
+        logp_N, entropy_N = chunked_logp_entropy(
+            hidden,
+            self.weight,
+            score_targets,
+            chunk_size=chunk_size,
+            with_entropy=with_entropy,
+            temperature=temperature,
+            bias_V=self.bias,
+            suppress_ids=suppress_ids,
+        )
+        # FSDP's forward hooks want tensors only: entropy as an empty tensor when not asked for.
+        return logp_N, (entropy_N if entropy_N is not None else logp_N.new_zeros(0))
+
+
+def make_scoring_head(head: torch.nn.Module) -> torch.nn.Module:
+    """Turn an ``nn.Linear`` LM head into a :class:`ScoringHead` in place (same parameters)."""
+    if isinstance(head, ScoringHead):
+        return head
+    if type(head) is not torch.nn.Linear:
+        raise TypeError(
+            f"the LM head must be a plain nn.Linear to score through it, got {type(head).__name__}"
+        )
+    head.__class__ = ScoringHead
+    return head
+
+
 def naive_logp_entropy(
     hidden_NH: Tensor,
     weight_VH: Tensor,
@@ -341,6 +396,17 @@ def _base_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
             "LoRA on the LM head is not supported by chunked scoring: leave lm_head out of target_modules"
         )
     return base, head
+
+
+def _model_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's parameters (a sharded DTensor reports its local device)."""
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _to(t: Tensor | None, device: torch.device) -> Tensor | None:
+    return None if t is None else t.to(device)
 
 
 def _resolve_suppress(model: Any, suppress_ids: Sequence[int] | str | None, vocab: int) -> list[int] | None:
@@ -458,9 +524,17 @@ def score_sequences(
         mm_token_type_ids_BL = mm_token_types_from_ids(model, input_ids_BL)
 
     base, head = _base_and_head(model)
-    weight_VH = head.weight
-    bias_V = getattr(head, "bias", None)
-    suppress = _resolve_suppress(model, suppress_ids, weight_VH.shape[0])
+    out_device = input_ids_BL.device
+    model_device = _model_device(base)
+    if model_device != out_device:
+        input_ids_BL, attention_mask_BL = input_ids_BL.to(model_device), attention_mask_BL.to(model_device)
+        mm_token_type_ids_BL = _to(mm_token_type_ids_BL, model_device)
+        pixel_values, image_grid_thw = _to(pixel_values, model_device), _to(image_grid_thw, model_device)
+        token_col_BT, scored_BT = token_col_BT.to(model_device), scored_BT.to(model_device)
+    through_head = isinstance(head, ScoringHead)
+    # Under FSDP the head's weight is a shard here; its vocabulary size is in the config.
+    vocab = head.out_features if isinstance(head, torch.nn.Linear) else head.weight.shape[0]
+    suppress = _resolve_suppress(model, suppress_ids, vocab)
 
     with torch.set_grad_enabled(grad):
         kwargs = dict(input_ids=input_ids_BL, attention_mask=attention_mask_BL, use_cache=False)
@@ -469,28 +543,38 @@ def score_sequences(
         if pixel_values is not None:
             kwargs["pixel_values"] = pixel_values
             kwargs["image_grid_thw"] = image_grid_thw
-        hidden_BLH = base(**kwargs).last_hidden_state
+        # bf16 compute over fp32 master weights (ddp + optim.dtype bfloat16); the head below
+        # stays out of autocast: it computes in float32 by design.
+        with autocast_for(model, model_device):
+            hidden_BLH = base(**kwargs).last_hidden_state
         # Only the positions that predict a scored token go through the LM head.
         rows_N, slots_N = scored_BT.nonzero(as_tuple=True)
         cols_N = token_col_BT[rows_N, slots_N]
         hidden_NH = hidden_BLH[rows_N, cols_N - 1]
         targets_N = input_ids_BL[rows_N, cols_N]
-        logp_N, entropy_N = chunked_logp_entropy(
-            hidden_NH,
-            weight_VH,
-            targets_N,
-            chunk_size=chunk_size,
-            with_entropy=with_entropy,
-            temperature=temperature,
-            bias_V=bias_V,
-            suppress_ids=suppress,
-        )
+        opts = dict(chunk_size=chunk_size, with_entropy=with_entropy, temperature=temperature)
+        if through_head:
+            # Through the module: FSDP2 gathers the weight for this forward (and its backward).
+            sup = (
+                None if suppress is None else torch.as_tensor(suppress, dtype=torch.long, device=model_device)
+            )
+            logp_N, entropy_N = head(hidden_NH, score_targets=targets_N, suppress_ids=sup, **opts)
+            entropy_N = entropy_N if with_entropy else None
+        else:
+            logp_N, entropy_N = chunked_logp_entropy(
+                hidden_NH,
+                head.weight,
+                targets_N,
+                bias_V=getattr(head, "bias", None),
+                suppress_ids=suppress,
+                **opts,
+            )
         # Scatter back into zero-filled B x T tensors (index_put keeps the graph for grad=True).
         out_shape = scored_BT.shape
-        logp_BT = logp_N.new_zeros(out_shape).index_put((rows_N, slots_N), logp_N)
+        logp_BT = logp_N.new_zeros(out_shape).index_put((rows_N, slots_N), logp_N).to(out_device)
         entropy_BT = None
         if entropy_N is not None:
-            entropy_BT = entropy_N.new_zeros(out_shape).index_put((rows_N, slots_N), entropy_N)
+            entropy_BT = entropy_N.new_zeros(out_shape).index_put((rows_N, slots_N), entropy_N).to(out_device)
     return TokenScores(logp_BT=logp_BT, entropy_BT=entropy_BT)
 
 

@@ -145,6 +145,37 @@ def load_processor(path_or_id: str | Path):
         )
 
 
+def looks_local(path_or_id: str | Path) -> bool:
+    """Whether ``path_or_id`` names a local folder rather than a hub id (``org/name``).
+
+    Absolute or ``./`` / ``../`` / ``~`` paths, paths with more than one ``/``, and anything
+    that exists are local; ``org/name`` that does not exist here is a hub id.
+    """
+    text = str(path_or_id)
+    if Path(text).expanduser().exists() or text.startswith(("/", ".", "~")):
+        return True
+    return len(text.split("/")) != 2 or not all(text.split("/"))
+
+
+def check_checkpoint_path(path_or_id: str | Path) -> None:
+    """One clear line for a local checkpoint path that is missing or not a checkpoint.
+
+    Without it, transformers takes the missing folder for a hub repo id and ends in a long
+    traceback about the hub (issue 13, item 10).
+    """
+    from warmstart.config import ConfigError
+
+    if not looks_local(path_or_id):
+        return
+    local = Path(path_or_id).expanduser()
+    if not local.exists():
+        raise ConfigError(
+            f"model checkpoint {path_or_id} does not exist (a local path; hub ids look like org/name)"
+        )
+    if not (local / "config.json").exists():
+        raise ConfigError(f"{local} is not a model checkpoint (no config.json)")
+
+
 def load_policy(
     path_or_id: str | Path,
     dtype: str = "float32",
@@ -168,9 +199,7 @@ def load_policy(
     quiet_transformers()
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid: {sorted(DTYPES)}")
-    local = Path(path_or_id)
-    if local.exists() and not (local / "config.json").exists():
-        raise FileNotFoundError(f"{local} is not a model checkpoint (no config.json)")
+    check_checkpoint_path(path_or_id)
     config = AutoConfig.from_pretrained(str(path_or_id))
     cls = _model_class(config.model_type)
     model = cls.from_pretrained(str(path_or_id), dtype=DTYPES[dtype], attn_implementation=attn_implementation)
@@ -194,6 +223,56 @@ def load_policy(
         for p in model.parameters():
             p.requires_grad_(False)
     return Policy(model=model, processor=load_processor(path_or_id), path=str(path_or_id))
+
+
+def _lora_layers(model: Any) -> dict[str, Any]:
+    """name -> peft LoRA layer of every adapted module (empty for a model without LoRA)."""
+    inner = unwrap_model(model)
+    return {n: m for n, m in inner.named_modules() if hasattr(m, "lora_A") and hasattr(m, "get_delta_weight")}
+
+
+def lora_state_dict(model: Any) -> dict[str, torch.Tensor] | None:
+    """The LoRA adapters' weights (name -> CPU tensor), or None for a model without LoRA."""
+    if not _lora_layers(model):
+        return None
+    inner = unwrap_model(model)
+    return {n: p.detach().cpu().clone() for n, p in inner.named_parameters() if "lora_" in n}
+
+
+def load_lora_state_dict(model: Any, state: dict[str, torch.Tensor]) -> None:
+    """Copy :func:`lora_state_dict` weights back into a model with the same adapters."""
+    params = dict(unwrap_model(model).named_parameters())
+    missing = sorted(set(state) - set(params))
+    if missing:
+        raise ValueError(f"LoRA state has weights this model lacks: {missing[:3]} ...")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t)
+
+
+def merged_state_dict(model: Any) -> dict[str, torch.Tensor] | None:
+    """The state dict of the plain model a LoRA model computes (base + delta), or None without LoRA.
+
+    Keys are those of the model without adapters (``...q_proj.weight``), so
+    ``save_pretrained(state_dict=...)`` writes a checkpoint any loader reads. Nothing is
+    merged in place: the live model keeps training on its unchanged base and adapters.
+    """
+    layers = _lora_layers(model)
+    if not layers:
+        return None
+    inner = unwrap_model(model)
+    out: dict[str, torch.Tensor] = {}
+    for key, t in inner.state_dict().items():
+        if "lora_" in key:
+            continue
+        out[key.replace(".base_layer.", ".")] = t.detach()
+    with torch.no_grad():
+        for name, layer in layers.items():
+            for adapter in layer.active_adapters:
+                if adapter in layer.lora_A:
+                    w = out[f"{name}.weight"]
+                    out[f"{name}.weight"] = w + layer.get_delta_weight(adapter).to(w.dtype)
+    return out
 
 
 def save_policy(policy_or_model, processor, out_dir: str | Path) -> None:

@@ -15,6 +15,8 @@ import torch
 from warmstart.data.schema import Problem
 
 if TYPE_CHECKING:
+    from warmstart.distributed import ParallelConfig
+    from warmstart.models.load import Policy
     from warmstart.sampler import Sampler
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,28 @@ def teacher_forced_nll(model, processor, problems: Sequence[Problem], batch_size
         tot += float(-(sc.logp_BT * tf.response_mask_BT).sum())
         n += int(tf.response_mask_BT.sum())
     return tot / max(1, n)
+
+
+def load_frozen(path: str, parallel: ParallelConfig | None = None, dtype: str = "float32") -> Policy:
+    """A frozen model (GRPO reference, in-process teacher, evaluated model) placed as ``parallel`` says.
+
+    The one way a stage loads a model it does not train (the trained one comes from
+    :func:`warmstart.train.open_training`): on ``parallel.device`` (under a launch of several
+    processes, each rank's own GPU), joined to the process group, and sharded with FSDP2
+    when ``parallel.strategy = "fsdp"`` runs on several processes (every rank then scores
+    the same rows together). ``dtype`` is its storage dtype: a frozen model needs no fp32
+    master copy, so ``optim.dtype`` of the stage is the natural choice.
+    """
+    from warmstart import distributed
+    from warmstart.models import load_policy
+
+    parallel = parallel or distributed.ParallelConfig()
+    device = distributed.resolve_device(parallel.device)
+    distributed.init_distributed(device)
+    policy = load_policy(path, dtype=dtype, device=str(device))
+    if parallel.strategy == "fsdp" and distributed.world_size() > 1:
+        distributed.shard_model(policy.model, parallel, bf16=False)
+    return policy
 
 
 def load_split(data: str, split: str, limit: int | None = None) -> list[Problem]:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from warmstart.atomic import atomic_write_text
 from warmstart.config import ConfigError, replace, to_dict
+from warmstart.models.load import looks_local
 from warmstart.study.arms import METHODS
 from warmstart.study.config import StudyConfig, load_study
 from warmstart.study.execute import RunDirBusy, execute, is_done, run_lock, started_marker
-from warmstart.study.plan import Step, plan
+from warmstart.study.plan import Step, plan, takes_parallel
 
 __all__ = ["add_arguments", "dry_run", "run"]
 
@@ -65,7 +66,7 @@ def dry_run(cfg: StudyConfig, root: Path) -> list[str]:
             if not (p / "config.json").exists():
                 add(f"{path} exists but has no config.json (not a checkpoint)", what)
             return
-        if not path.startswith((".", "/")) and len(path.split("/")) == 2:
+        if not looks_local(path):
             from huggingface_hub import try_to_load_from_cache
 
             if try_to_load_from_cache(path, "config.json") is None:
@@ -92,10 +93,130 @@ def dry_run(cfg: StudyConfig, root: Path) -> list[str]:
             check_data(d, s.name)
     if cfg.teacher.path.startswith(("http://", "https://")) and not cfg.teacher.eval_path:
         print("  note: the teacher is served over HTTP and has no teacher.eval_path, so it is not evaluated")
+    _print_placement(cfg, steps)
+    for problem, step in _device_problems(cfg, steps):
+        add(problem, step)
     for problem, needed_by in found.items():
         print(f"  missing: {problem}\n           needed by: {', '.join(dict.fromkeys(needed_by))}")
     print("ready" if not found else f"{len(found)} problem(s): the study cannot run until they are fixed")
     return list(found)
+
+
+def _teacher_readers(steps: list[Step]) -> list[str]:
+    return [s.name for s in steps if s.kind == "stage1" and METHODS[s.job.method].needs_teacher(s.job.config)]
+
+
+def _gpus(ids: tuple[int, ...]) -> str:
+    return ",".join(map(str, ids))
+
+
+def _print_placement(cfg: StudyConfig, steps: list[Step]) -> None:
+    """Which GPUs train the student, serve the teacher and run rollouts (and who reads the teacher)."""
+    run = cfg.run
+    readers = _teacher_readers(steps)
+    if readers:
+        where = cfg.teacher.path or "the teacher the study builds"
+        print(f"  teacher: {where} is read by {', '.join(readers)}")
+        if run.teacher_gpus:
+            tp = len(run.teacher_gpus)
+            print(
+                f"  teacher GPUs: {_gpus(run.teacher_gpus)} (start it there: CUDA_VISIBLE_DEVICES="
+                f"{_gpus(run.teacher_gpus)} vllm serve ... --tensor-parallel-size {tp})"
+            )
+    if run.student_gpus:
+        print(
+            f"  student GPUs: {_gpus(run.student_gpus)}: {run.processes} training process(es), strategy "
+            f"{run.strategy} (each stage: CUDA_VISIBLE_DEVICES={_gpus(run.student_gpus)} torchrun "
+            f"--nproc_per_node {run.processes} -m warmstart.cli <stage> --config ...)"
+        )
+    if run.rollout_gpus:
+        print(f"  rollout GPUs: {_gpus(run.rollout_gpus)} ({cfg.rollout.backend} engine)")
+
+
+def _device_problems(cfg: StudyConfig, steps: list[Step]) -> list[tuple[str, str]]:
+    """A requested GPU that is not visible, and stages that cannot take the study's devices."""
+    import torch
+
+    out: list[tuple[str, str]] = []
+    run = cfg.run
+    if run.device.startswith("cuda"):
+        wanted = [*run.student_gpus, *run.teacher_gpus, *run.rollout_gpus]
+        if ":" in run.device:
+            wanted.append(int(run.device.split(":")[1]))
+        need = max(wanted, default=0) + 1
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if have < need:
+            out.append(
+                (
+                    f"run.device = {run.device!r} needs {need} visible GPU(s), torch sees {have} "
+                    f"(CUDA_VISIBLE_DEVICES={__import__('os').environ.get('CUDA_VISIBLE_DEVICES', '<unset>')})",
+                    "every training and eval step",
+                )
+            )
+    if run.parallel() != type(run.parallel())():
+        for s in steps:
+            job = s.job.config if s.kind == "stage1" else s.job
+            if s.kind in ("stage1", "grpo", "pretrain") and not takes_parallel(job):
+                out.append(
+                    (
+                        f"{type(job).__name__} has no parallel table, so run.device / run.strategy "
+                        "cannot reach it (it would train on the CPU defaults)",
+                        s.name,
+                    )
+                )
+    return out
+
+
+def _model_shape(path: str):
+    """The student's :class:`~warmstart.memory_plan.ModelShape`: its config.json (local or
+    cached), else the published shape of a known hub id, else None."""
+    from warmstart.memory_plan import KNOWN_SHAPES, ModelShape
+
+    cfg_file: Path | None = None
+    if Path(path).is_dir():
+        cfg_file = Path(path) / "config.json"
+    elif not looks_local(path):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(path, "config.json")
+        cfg_file = Path(cached) if isinstance(cached, str) else None
+    if cfg_file is not None and cfg_file.is_file():
+        return ModelShape.from_hf_config(json.loads(cfg_file.read_text()))
+    return KNOWN_SHAPES.get(path)
+
+
+def memory_report(cfg: StudyConfig, steps: list[Step]) -> str | None:
+    """Print the per-GPU memory plan of every training setup; the one-line refusal when one does not fit."""
+    from warmstart.memory_plan import GiB, plan_memory, study_setups
+
+    student = cfg.student.path or str(steps[0].root / "models" / "student" / "final")
+    shape = _model_shape(student)
+    if shape is None:
+        print(f"  memory plan: the shape of {student} is unknown here (no config.json); not planned")
+        return None
+    gpu_gb = cfg.run.gpu_memory_gb
+    print(
+        f"  memory plan per GPU ({shape.num_params / 1e9:.2f}B parameters; run.gpu_memory_gb = {gpu_gb:g}):"
+    )
+    if cfg.rollout.backend != "local":
+        where = _gpus(cfg.run.rollout_gpus) or "GPUs of its own"
+        print(
+            f"    rollouts: the {cfg.rollout.backend} engine in its own process on {where} (not on the student GPUs)"
+        )
+    worst = None
+    for names, setup in study_setups(cfg, steps, shape):
+        mp = plan_memory(shape, setup)
+        lines = mp.lines(gpu_gb)
+        print(f"    {lines[0]}  [{', '.join(names)}]")
+        for line in lines[1:]:
+            print(f"    {line}")
+        if gpu_gb and not mp.fits(gpu_gb) and worst is None:
+            worst = (
+                f"memory plan does not fit: {setup.name} needs {mp.total / GiB:.1f} GiB per GPU, "
+                f"run.gpu_memory_gb = {gpu_gb:g} (try strategy 'fsdp', more student_gpus, "
+                "activation_checkpointing, a smaller micro_batch, rollout.max_batch_rows or the vllm backend)"
+            )
+    return worst
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,7 +253,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     root = Path(args.out) if args.out else Path(cfg.out_root) / cfg.name
     if args.dry_run:
-        return 1 if dry_run(cfg, root) else 0
+        problems = dry_run(cfg, root)
+        misfit = memory_report(cfg, plan(cfg, root))
+        if misfit:
+            print(f"error: {misfit}", file=sys.stderr)
+            return 2
+        return 1 if problems else 0
     args._log_dir = str(root)  # where cli.main appends a traceback
     try:
         with run_lock(root):  # held from the first write to the last (execute re-enters it)

@@ -8,7 +8,7 @@ Everything about an arm derives from its ``[[arm]]`` entry here: its Stage-1 run
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,24 @@ from warmstart.evaluate_schema import BLANK_SPLIT
 from warmstart.study.arms import METHODS, Stage1Run, stage1_runs
 from warmstart.study.config import SplitRef, StudyConfig
 
-__all__ = ["EvalJob", "Stage1Job", "Step", "plan"]
+__all__ = ["EvalJob", "Stage1Job", "Step", "plan", "takes_parallel", "with_parallel"]
+
+
+def with_parallel(cfg: Any, parallel: Any) -> Any:
+    """``cfg`` with its ``parallel`` table set to the study's (stage configs that declare one).
+
+    A stage config without a ``parallel`` field is returned as it is (it runs on the CPU
+    defaults); the dry run reports such a stage when the study asks for anything else
+    (:func:`takes_parallel`).
+    """
+    if takes_parallel(cfg):
+        return replace(cfg, parallel=parallel)
+    return cfg
+
+
+def takes_parallel(cfg: Any) -> bool:
+    """Whether a stage config has a ``parallel`` table the study can fill."""
+    return is_dataclass(cfg) and "parallel" in {f.name for f in fields(cfg)}
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,7 @@ class EvalJob:
         split: split inside it (``None``: the whole file).
         blank_images: replace every image by a blank one (the text-only ablation).
         settings: decoding and bootstrap settings (``limit`` and ``rollout`` resolved).
+        device: where the evaluated model runs (the study's ``run.device``).
     """
 
     model: str
@@ -59,6 +77,7 @@ class EvalJob:
     split: str | None
     blank_images: bool
     settings: EvalSettings
+    device: str = "cpu"
 
     def arguments(self) -> dict[str, Any]:
         """The fields by name (``settings`` stays an ``EvalSettings``)."""
@@ -114,13 +133,16 @@ def plan(cfg: StudyConfig, root: Path) -> list[Step]:
         train_split = cfg.data.train.split or "train"
     data_deps = ["data"] if cfg.data.kind == "synthetic" else []
     rollout = cfg.rollout
+    parallel = cfg.run.parallel()
 
     def model_step(who: str) -> str:
         src = getattr(cfg, who)
         if src.path:
             return src.path
         out = root / "models" / who
-        job = replace(src.pretrain, data=train_path, out_dir=str(out), rollout=rollout)
+        job = with_parallel(
+            replace(src.pretrain, data=train_path, out_dir=str(out), rollout=rollout), parallel
+        )
         steps.append(Step(who, "pretrain", data_deps, job, out, total=job.steps))
         return str(out / "final")
 
@@ -144,7 +166,9 @@ def plan(cfg: StudyConfig, root: Path) -> list[Step]:
             rollout=rollout,
             **({"teacher": teacher} if reads_teacher else {}),
         )
-        config = method.for_checkpoints(filled, frozenset(a.checkpoint for a in run.arms))
+        config = method.for_checkpoints(
+            with_parallel(filled, parallel), frozenset(a.checkpoint for a in run.arms)
+        )
         # The arms that are the run's best/ and live apart from it (the early-stopped SFT arm).
         best_arms = tuple(str(root / "stage1" / a.name) for a in run.arms if a.name != run.name)
         deps = data_deps + needs("student") + (needs("teacher") if reads_teacher else [])
@@ -160,13 +184,16 @@ def plan(cfg: StudyConfig, root: Path) -> list[Step]:
             arm_step[a.name] = steps[-1].name
     for a in cfg.arm:
         out = root / "stage2" / a.name
-        job = replace(
-            cfg.grpo,
-            init=arm_model[a.name],
-            data=train_path,
-            train_split=train_split,
-            out_dir=str(out),
-            rollout=rollout,
+        job = with_parallel(
+            replace(
+                cfg.grpo,
+                init=arm_model[a.name],
+                data=train_path,
+                train_split=train_split,
+                out_dir=str(out),
+                rollout=rollout,
+            ),
+            parallel,
         )
         steps.append(
             Step(f"grpo:{a.name}", "grpo", data_deps + [arm_step[a.name]], job, out, total=job.steps)
@@ -193,6 +220,7 @@ def plan(cfg: StudyConfig, root: Path) -> list[Step]:
             split=ref.split,
             blank_images=blank,
             settings=settings,
+            device=cfg.run.device,
         )
         steps.append(
             Step(
