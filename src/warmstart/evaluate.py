@@ -40,6 +40,7 @@ from warmstart.evaluate_schema import (
 )
 from warmstart.evaluate_schema.jsonio import problem_result_from_json
 from warmstart.sampler import RolloutConfig, Sampler
+from warmstart.thread_share import follow_share
 
 __all__ = ["EvalSettings", "evaluate_problems", "evaluate_to_file", "blank_problem", "describe"]
 
@@ -126,6 +127,7 @@ def evaluate_problems(
     # Chunks are fixed slices of the full list and each is seeded by its start, and
     # finished chunks are written whole: a resumed eval draws exactly the same samples.
     for s in range(0, len(problems), chunk):
+        follow_share()  # the study scheduler's thread share (no-op outside a study)
         probs = [p for p in problems[s : s + chunk] if p.id not in skip_ids]
         if not probs:
             continue

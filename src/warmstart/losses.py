@@ -625,6 +625,9 @@ def policy_gradient_objective(
 ) -> tuple[Tensor, dict[str, float]]:
     """The objective SFT, OPD and GRPO train with (`batch.old_logp_BT` None: on-policy, ratio 1).
 
+    `batch.adv_BT` None: the advantage is `reverse_kl_advantage(logp, teacher_logp)` of this
+    forward's own (detached) log-probs: OPD without a separate scoring pass of the student.
+
     loss = policy_gradient_loss(logp, old_logp, adv)          (cfg.policy_loss, cfg.agg)
          + kl_coef * AGG(KL_ESTIMATORS[kl_estimator](logp, ref_logp))   if kl_coef > 0
          + entropy_bonus(entropy, entropy_coef)                           if entropy_coef > 0
@@ -632,10 +635,15 @@ def policy_gradient_objective(
     mask_BT = batch.mask_BT
     logp_BT = scores.logp_BT
     old_logp_BT = logp_BT.detach() if batch.old_logp_BT is None else batch.old_logp_BT
+    adv_BT = batch.adv_BT
+    if adv_BT is None:  # OPD: the reverse-KL advantage from this very forward (no scoring pass)
+        if batch.teacher_logp_BT is None:
+            raise ValueError("adv_BT None (distillation advantage) needs teacher_logp_BT in the TrainBatch")
+        adv_BT = reverse_kl_advantage(logp_BT, batch.teacher_logp_BT, mask_BT)
     pg, pg_stats = policy_gradient_loss(
         logp_BT,
         old_logp_BT,
-        batch.adv_BT,
+        adv_BT,
         mask_BT,
         loss=cfg.policy_loss,
         agg=cfg.agg,

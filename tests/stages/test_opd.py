@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -54,7 +55,9 @@ def test_teacher_equal_to_student_gives_zero_advantage_and_no_update(toy_dir, sy
     )
     assert all(torch.equal(before[k], after[k]) for k in before)
     rows = [json.loads(x) for x in (tmp_path / "self" / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["reverse_kl"] == 0.0 for r in rows)
+    # the advantage (from the update's own forward) was exactly zero: the weights above did not
+    # move; the logged reverse KL uses the sampler's log-probs, equal to the scorer's within 1e-5
+    assert all(abs(r["reverse_kl"]) < 1e-5 for r in rows)
 
 
 def _exact_reverse_kl(student, teacher, ro) -> float:
@@ -97,3 +100,35 @@ def test_opd_lowers_reverse_kl_to_a_fixed_teacher(toy_dir, synth_dir, tmp_path):
     before = _exact_reverse_kl(pol.model, teacher, ro)
     after = _exact_reverse_kl(load_policy(res["model"]).model, teacher, ro)
     assert after < 0.8 * before, (before, after)
+
+
+def test_distillation_advantage_comes_from_the_update_forward(toy_dir, synth_dir):
+    """TrainBatch.distillation: the objective's advantage is -(log pi_s - log pi_t) of its own forward,
+    equal to the advantage from a separate scoring pass (the one OPD no longer runs)."""
+    from warmstart.batch import TrainBatch
+    from warmstart.data.loaders import load_problems
+    from warmstart.models.toy import SIZES, build_toy_model
+
+    pol = load_policy(toy_dir, trainable=True)
+    pol.model.requires_grad_(True)
+    probs = load_problems(synth_dir, split="train").problems[:3]
+    ro = make_sampler(RolloutConfig(), pol.model, pol.processor).sample(
+        probs, SamplingParams(n=2, max_new_tokens=10, seed=4)
+    )
+    teacher = build_toy_model(SIZES["xs"], pol.tokenizer, seed=9)
+    t_logp = InProcessScorer(teacher).score(ro).logp_BT
+    cfg = losses.LossConfig()
+    denom = losses.aggregation_denom(cfg.agg, ro.response_mask_BT)
+    scores = score_rollouts(pol.model, ro, with_entropy=False, grad=True)
+    loss_self, _ = losses.OBJECTIVES["policy_gradient"](
+        TrainBatch.distillation(ro, t_logp), scores, cfg, denom
+    )
+    adv = losses.reverse_kl_advantage(score_rollouts(pol.model, ro).logp_BT, t_logp, ro.response_mask_BT)
+    assert torch.count_nonzero(adv) > 0
+    loss_given, _ = losses.OBJECTIVES["policy_gradient"](TrainBatch(ro, adv), scores, cfg, denom)
+    assert abs(float(loss_self) - float(loss_given)) < 1e-6
+    g_self = torch.autograd.grad(loss_self, pol.model.lm_head.weight, retain_graph=True)[0]
+    g_given = torch.autograd.grad(loss_given, pol.model.lm_head.weight)[0]
+    assert torch.allclose(g_self, g_given, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="teacher_logp_BT"):
+        TrainBatch(ro, None)

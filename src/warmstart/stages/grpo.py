@@ -18,15 +18,19 @@ from typing import Literal
 import torch
 
 from warmstart import losses
+from warmstart.batch import sampler_logp_is_exact
 from warmstart.config import ConfigError
+from warmstart.distributed import ParallelConfig
 from warmstart.sampler import RolloutConfig, make_sampler
 from warmstart.stages.common import (
     add_config_arguments,
     batch_indices,
     config_from_args,
+    load_frozen,
     load_split,
     progress,
 )
+from warmstart.thread_share import follow_share
 from warmstart.train import (
     LossConfig,
     OptimConfig,
@@ -81,6 +85,8 @@ class GRPOConfig:
         seed: seed of prompt order and sampling.
         optim: optimizer and schedule.
         rollout: the sampler of the rollouts.
+        parallel: device and sharding (``[parallel]``: device, strategy ddp/fsdp, activation
+            checkpointing, LoRA; :class:`warmstart.distributed.ParallelConfig`); the study fills it from ``[run]``.
     """
 
     init: str = ""
@@ -110,6 +116,7 @@ class GRPOConfig:
     seed: int = 0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def validate(self) -> None:
         if self.reward not in REWARDS:
@@ -200,7 +207,6 @@ def _sample_groups(sampler, problems, cfg: GRPOConfig, step: int):
 
 def train_grpo(cfg: GRPOConfig, resume: bool = False, show_progress: bool = True) -> dict:
     """Run GRPO; returns the result dict also written to ``<out_dir>/result.json``."""
-    from warmstart.models import load_policy
     from warmstart.scoring import score_rollouts
 
     require_set(cfg, "grpo", "init", "data")
@@ -208,12 +214,18 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, show_progress: bool = True
     run.write_config(cfg)
     problems = load_split(cfg.data, cfg.train_split)
     total_updates = cfg.steps * cfg.update_epochs * cfg.mini_batches
-    policy, trainer, extra = open_training(run, cfg.init, resume, cfg.optim, cfg.loss, total_updates)
-    ref = load_policy(cfg.init) if cfg.loss.kl_coef > 0 else None  # frozen reference only when used
+    policy, trainer, extra = open_training(
+        run, cfg.init, resume, cfg.optim, cfg.loss, total_updates, parallel=cfg.parallel
+    )
+    ref = (
+        load_frozen(cfg.init, cfg.parallel, cfg.optim.dtype) if cfg.loss.kl_coef > 0 else None
+    )  # frozen reference only when used
     sampler = make_sampler(cfg.rollout, policy.model, policy.processor)
+    logp_exact = sampler_logp_is_exact(sampler, cfg.temperature)
     step = extra.get("rollout_step", 0)
     with progress("grpo", cfg.steps, step, show_progress) as bar:
         while step < cfg.steps:
+            follow_share()  # the study scheduler's thread share (no-op outside a study)
             timer = Timer()
             with timer("rollout"):
                 policy.model.eval()
@@ -236,15 +248,19 @@ def train_grpo(cfg: GRPOConfig, resume: bool = False, show_progress: bool = True
             adv_B = losses.get("advantages", cfg.advantage)(rewards_GN, cfg.adv_eps).reshape(-1)
             with timer("scoring"):
                 n_updates = cfg.update_epochs * cfg.mini_batches
+                # Old log-probs only matter when the batch is reused (ratio != 1 afterwards);
+                # the in-process sampler's are exact at temperature 1: no scoring pass then.
+                old_logp_BT = None
+                if n_updates > 1:
+                    old_logp_BT = (
+                        ro.logp_BT
+                        if logp_exact
+                        else score_rollouts(policy.model, ro, with_entropy=False).logp_BT
+                    )
                 batch = TrainBatch(
                     ro,
                     adv_B[:, None].expand_as(mask_BT).float(),
-                    # old log-probs only matter when the batch is reused (ratio != 1 afterwards)
-                    old_logp_BT=(
-                        score_rollouts(policy.model, ro, with_entropy=False).logp_BT
-                        if n_updates > 1
-                        else None
-                    ),
+                    old_logp_BT=old_logp_BT,
                     ref_logp_BT=(
                         score_rollouts(ref.model, ro, with_entropy=False).logp_BT if ref is not None else None
                     ),

@@ -6,9 +6,13 @@ or over HTTP) scores every sampled token; the per-token reverse KL
 the same policy-gradient loss GRPO uses (tinker-cookbook's formulation). With one
 update per batch the importance ratio is 1; with more, the PPO clip applies.
 
-The student's log-probs used in the advantage come from the same scoring path as the
-teacher's (not from the sampler), so a teacher identical to the student gives an
-advantage of exactly zero.
+No forward pass is spent on the student outside the update: with one update per batch
+the advantage is computed inside the update from its own forward's log-probs
+(``TrainBatch.distillation``), the same chunked scoring code the teacher is scored with,
+so a teacher identical to the student gives an advantage of exactly zero; the logged
+reverse KL, entropy and -log p are the sampler's exact per-token values (temperature 1,
+in-process engine). Otherwise (another backend, a temperature other than 1, several
+epochs without exact sampler log-probs) the student is scored once, as before.
 """
 
 from __future__ import annotations
@@ -17,18 +21,23 @@ import argparse
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Literal
 
 from warmstart import losses
+from warmstart.batch import sampler_logp_is_exact
 from warmstart.config import ConfigError
+from warmstart.distributed import ParallelConfig
 from warmstart.sampler import RolloutConfig, make_sampler
 from warmstart.stages.common import (
     add_config_arguments,
     batch_indices,
     config_from_args,
     greedy_accuracy,
+    load_frozen,
     load_split,
     progress,
 )
+from warmstart.thread_share import follow_share
 from warmstart.train import (
     LossConfig,
     OptimConfig,
@@ -52,6 +61,10 @@ class OPDConfig:
         teacher: teacher checkpoint directory, or an ``http://`` URL of an OpenAI-compatible
             server with ``prompt_logprobs`` (vLLM, or ``warmstart serve``); must be set when the stage runs.
         teacher_model: model name sent to a remote teacher (``None``: the server's only model).
+        teacher_protocol: how an HTTP teacher is asked: ``chat`` (OpenAI chat completions with
+            ``prompt_logprobs``: ``vllm serve`` or ``warmstart serve``; text, re-tokenised by the
+            server, a row whose tokens do not line up aborts) or ``tokens`` (the student's exact
+            token ids and images to ``warmstart serve --engine vllm``; nothing re-tokenised).
         teacher_timeout_s: seconds an HTTP teacher may take to answer one request before it
             counts as failed (a hung teacher then costs at most
             ``teacher_timeout_s x (1 + teacher_retries)`` per request, plus short backoffs).
@@ -79,12 +92,15 @@ class OPDConfig:
         loss: clipping/aggregation of the policy-gradient loss (KL-to-reference is unused here).
         optim: optimizer and schedule.
         rollout: the sampler of the student's rollouts and of greedy validation.
+        parallel: device and sharding (``[parallel]``: device, strategy ddp/fsdp, activation
+            checkpointing, LoRA; :class:`warmstart.distributed.ParallelConfig`); the study fills it from ``[run]``.
     """
 
     init: str = ""
     teacher: str = ""
     data: str = ""
     teacher_model: str | None = None
+    teacher_protocol: Literal["chat", "tokens"] = "chat"
     teacher_timeout_s: float = 60.0
     teacher_retries: int = 3
     out_dir: str = "runs/opd"
@@ -105,6 +121,7 @@ class OPDConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def validate(self) -> None:
         if self.n < 1 or self.prompts_per_step < 1:
@@ -130,10 +147,10 @@ def make_teacher(cfg: OPDConfig, student_tokenizer=None):
             tokenizer=student_tokenizer,
             timeout_s=cfg.teacher_timeout_s,
             max_retries=cfg.teacher_retries,
+            protocol=cfg.teacher_protocol,
         )
-    from warmstart.models import load_policy
 
-    return InProcessScorer(load_policy(cfg.teacher).model)
+    return InProcessScorer(load_frozen(cfg.teacher, cfg.parallel).model)
 
 
 def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, teacher=None) -> dict:
@@ -148,13 +165,15 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
     problems = load_split(cfg.data, cfg.train_split)
     val = load_split(cfg.data, cfg.val_split, cfg.val_problems or None) if cfg.eval_every else []
     policy, trainer, extra = open_training(
-        run, cfg.init, resume, cfg.optim, cfg.loss, cfg.steps * cfg.update_epochs
+        run, cfg.init, resume, cfg.optim, cfg.loss, cfg.steps * cfg.update_epochs, parallel=cfg.parallel
     )
     teacher = teacher or make_teacher(cfg, policy.processor.tokenizer)
     sampler = make_sampler(cfg.rollout, policy.model, policy.processor)
+    logp_exact = sampler_logp_is_exact(sampler, cfg.temperature)
     step = extra.get("rollout_step", 0)
     with progress("opd", cfg.steps, step, show_progress) as bar:
         while step < cfg.steps:
+            follow_share()  # the study scheduler's thread share (no-op outside a study)
             timer = Timer()
             idx = batch_indices(len(problems), cfg.prompts_per_step, step, cfg.seed)
             chunk = [problems[i] for i in idx]
@@ -171,15 +190,26 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
                 )
             mask_BT = ro.response_mask_BT
             with timer("scoring"):
-                student = score_rollouts(policy.model, ro, with_entropy=True)
                 t_logp_BT = teacher.score(ro).logp_BT
-            batch = TrainBatch(
-                ro,
-                losses.reverse_kl_advantage(student.logp_BT, t_logp_BT, mask_BT),
-                # the ratio only moves from 1 when the batch is reused
-                old_logp_BT=student.logp_BT if cfg.update_epochs > 1 else None,
-                teacher_logp_BT=t_logp_BT,
-            )
+                # The student's log-probs and entropy: the sampler's own when exact (no
+                # student forward here), else a scoring pass.
+                if logp_exact:
+                    s_logp_BT, s_entropy_BT = ro.logp_BT, ro.entropy_BT
+                else:
+                    student = score_rollouts(policy.model, ro, with_entropy=True)
+                    s_logp_BT, s_entropy_BT = student.logp_BT, student.entropy_BT
+            if cfg.update_epochs == 1 and logp_exact:
+                # The advantage from the update's own forward (TrainBatch.distillation): a
+                # teacher identical to the student gives exactly zero there.
+                batch = TrainBatch.distillation(ro, t_logp_BT)
+            else:
+                batch = TrainBatch(
+                    ro,
+                    losses.reverse_kl_advantage(s_logp_BT, t_logp_BT, mask_BT),
+                    # the ratio only moves from 1 when the batch is reused
+                    old_logp_BT=s_logp_BT if cfg.update_epochs > 1 else None,
+                    teacher_logp_BT=t_logp_BT,
+                )
             with timer("update"):
                 for _epoch in range(cfg.update_epochs):
                     st = trainer.update(batch, micro_batch=cfg.micro_batch, with_entropy=False)
@@ -187,9 +217,9 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
             step += 1
             g = [grade(t, chunk[int(q)]) for t, q in zip(ro.texts_B, ro.prompt_index_B)]
             row = {
-                "reverse_kl": float(losses.masked_mean(student.logp_BT - t_logp_BT, mask_BT)),
-                "entropy": float(losses.masked_mean(student.entropy_BT, mask_BT)),
-                "neg_logp": float(-losses.masked_mean(student.logp_BT, mask_BT)),
+                "reverse_kl": float(losses.masked_mean(s_logp_BT - t_logp_BT, mask_BT)),
+                "entropy": float(losses.masked_mean(s_entropy_BT, mask_BT)),
+                "neg_logp": float(-losses.masked_mean(s_logp_BT, mask_BT)),
                 "accuracy": sum(x.correct for x in g) / len(g),
                 "reward_mean": sum(x.correct for x in g) / len(g),
                 "format_rate": sum(x.format_ok for x in g) / len(g),

@@ -25,18 +25,21 @@ from typing import Literal
 import torch
 
 from warmstart.config import ConfigError
+from warmstart.distributed import ParallelConfig
 from warmstart.sampler import RolloutConfig, make_sampler
 from warmstart.stages.common import (
     add_config_arguments,
     batch_indices,
     config_from_args,
     greedy_accuracy,
+    load_frozen,
     load_split,
     progress,
     sampled_entropy,
     teacher_forced,
     teacher_forced_nll,
 )
+from warmstart.thread_share import follow_share
 from warmstart.train import (
     LossConfig,
     OptimConfig,
@@ -91,6 +94,8 @@ class SFTConfig:
         seed: seed of data order and sampling.
         optim: optimizer and schedule.
         rollout: the sampler of validation decoding and of in-process teacher rationales.
+        parallel: device and sharding (``[parallel]``: device, strategy ddp/fsdp, activation
+            checkpointing, LoRA; :class:`warmstart.distributed.ParallelConfig`); the study fills it from ``[run]``.
     """
 
     init: str = ""
@@ -120,6 +125,7 @@ class SFTConfig:
     seed: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def validate(self) -> None:
         if self.over_multiple < 1:
@@ -154,10 +160,9 @@ def teacher_solutions(cfg: SFTConfig, problems) -> tuple[list, list[str]]:
         )
         samples = [(p, t, True) for p, ts in zip(problems, texts) for t in ts]
     else:
-        from warmstart.models import load_policy
         from warmstart.rollout import SamplingParams
 
-        teacher = load_policy(cfg.teacher)
+        teacher = load_frozen(cfg.teacher, cfg.parallel)
         sampler = make_sampler(cfg.rollout, teacher.model, teacher.processor)
         for s in range(0, len(problems), 64):
             chunk = problems[s : s + 64]
@@ -203,7 +208,13 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
         if not items_p:
             raise ConfigError(f"{cfg.data} split {cfg.train_split!r} has no reference rationales")
     policy, trainer, extra = open_training(
-        run, cfg.init, resume, cfg.optim, LossConfig(policy_loss="vanilla_pg"), cfg.max_steps
+        run,
+        cfg.init,
+        resume,
+        cfg.optim,
+        LossConfig(policy_loss="vanilla_pg"),
+        cfg.max_steps,
+        parallel=cfg.parallel,
     )
     best = extra.get("best", {"step": 0, "acc": -1.0, "loss": float("inf")})
     bad_evals = extra.get("bad_evals", 0)
@@ -216,9 +227,10 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
         run.log(0, val_accuracy=acc0, val_loss=nll0, entropy=ent0)
         best = {"step": 0, "acc": acc0, "loss": nll0}
         run.save_model(policy, "best")
-    t0 = time.perf_counter()
     with progress(f"{stage}[{cfg.arm}]", stop_at, trainer.step, show_progress) as bar:
         while trainer.step < stop_at:
+            follow_share()  # the study scheduler's thread share (no-op outside a study)
+            t0 = time.perf_counter()  # step_time_s: this step's batch + update, never a validation
             idx = batch_indices(len(items_p), cfg.batch_size, trainer.step, cfg.seed)
             tf = teacher_forced([items_p[i] for i in idx], [items_t[i] for i in idx], policy.processor)
             st = trainer.update(TrainBatch.supervised(tf), micro_batch=cfg.micro_batch, with_entropy=False)
@@ -231,7 +243,6 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
                 "tokens": st.num_tokens,
                 "step_time_s": time.perf_counter() - t0,
             }
-            t0 = time.perf_counter()
             if trainer.step % cfg.eval_every == 0 or trainer.step == stop_at:
                 acc = greedy_accuracy(sampler, val, cfg.max_new_tokens)
                 nll = teacher_forced_nll(policy.model, policy.processor, val)

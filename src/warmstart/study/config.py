@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 from warmstart.config import ConfigError, from_dict, read_toml
 from warmstart.data.synthetic import SynthConfig
+from warmstart.distributed import ParallelConfig
 from warmstart.evaluate import EvalSettings
+from warmstart.models.load import LoraSpec
 from warmstart.sampler import RolloutConfig
 from warmstart.stages.grpo import GRPOConfig
 from warmstart.stages.pretrain import PretrainConfig
@@ -88,17 +90,87 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """How the study executes.
+    """How the study executes: processes, devices, sharding, and which GPU does what.
 
     Attributes:
         jobs: steps run side by side (worker processes).
         threads_per_job: torch threads in each worker.
-        device: torch device for every stage.
+        share_idle_threads: give idle slots' threads to the steps that run (a lone job uses
+            every core). Off by default: a step's thread count then depends on when its
+            partner finished, and the thread count changes float summation order (weights
+            differ by ~2e-5 after 3 SFT steps at 1 vs 2 threads), so a re-run of the study
+            would no longer give bit-identical numbers.
+        device: torch device of every model of every stage and eval: ``"cpu"``, ``"cuda"``
+            or ``"cuda:N"`` (under a launch of several processes each rank takes the GPU of
+            its ``LOCAL_RANK``); the ``device`` of every stage's ``parallel`` table.
+        strategy: training strategy of every stage, ``"ddp"`` (full replicas; one process
+            is plain training) or ``"fsdp"`` (FSDP2 sharding); see
+            :class:`warmstart.distributed.ParallelConfig`.
+        activation_checkpointing: recompute decoder layers in backward (every stage).
+        reshard_after_forward: FSDP only: free gathered weights after each unit's forward.
+        lora: train LoRA adapters only (``[run.lora]``: r, alpha, dropout, target_modules).
+        student_gpus: GPU indices of the training processes (one process per GPU, launched
+            with ``torchrun --nproc_per_node len(student_gpus)`` under
+            ``CUDA_VISIBLE_DEVICES`` = these); empty: one process on ``device``. The memory
+            plan shards over this many GPUs.
+        teacher_gpus: GPU indices the teacher server runs on (``CUDA_VISIBLE_DEVICES`` of
+            ``vllm serve``, with ``--tensor-parallel-size`` = their count); informational
+            for warmstart, which does not start the server, and checked to be apart from
+            ``student_gpus``.
+        rollout_gpus: GPU indices of the vLLM rollout engine (``rollout.backend = "vllm"``),
+            apart from ``student_gpus``; may share the teacher's.
+        gpu_memory_gb: memory of one GPU (GiB) that the dry run's memory plan must fit;
+            0 = do not check.
     """
 
     jobs: int = 2
     threads_per_job: int = 1
+    share_idle_threads: bool = False
     device: str = "cpu"
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    activation_checkpointing: bool = False
+    reshard_after_forward: bool = True
+    lora: LoraSpec | None = None
+    student_gpus: tuple[int, ...] = ()
+    teacher_gpus: tuple[int, ...] = ()
+    rollout_gpus: tuple[int, ...] = ()
+    gpu_memory_gb: float = 0.0
+
+    def validate(self) -> None:
+        self.parallel().validate()
+        for name in ("student_gpus", "teacher_gpus", "rollout_gpus"):
+            ids = getattr(self, name)
+            if len(set(ids)) != len(ids) or any(i < 0 for i in ids):
+                raise ConfigError(f"run.{name} must list distinct GPU indices >= 0, got {list(ids)}")
+            if ids and not self.device.startswith("cuda"):
+                raise ConfigError(f"run.{name} is set but run.device is {self.device!r}: use device = 'cuda'")
+        for other in ("teacher_gpus", "rollout_gpus"):
+            shared = sorted(set(self.student_gpus) & set(getattr(self, other)))
+            if shared:
+                raise ConfigError(
+                    f"run.student_gpus and run.{other} share GPU(s) {shared}: give each its own"
+                )
+        if len(self.student_gpus) > 1 and ":" in self.device:
+            raise ConfigError(
+                "run.device must be 'cuda' (not 'cuda:N') when run.student_gpus lists several GPUs"
+            )
+        if self.gpu_memory_gb < 0:
+            raise ConfigError(f"run.gpu_memory_gb must be >= 0, got {self.gpu_memory_gb}")
+
+    @property
+    def processes(self) -> int:
+        """Training processes (one per student GPU)."""
+        return max(1, len(self.student_gpus))
+
+    def parallel(self) -> ParallelConfig:
+        """The ``parallel`` table every stage gets."""
+        return ParallelConfig(
+            device=self.device,
+            strategy=self.strategy,
+            activation_checkpointing=self.activation_checkpointing,
+            reshard_after_forward=self.reshard_after_forward,
+            lora=self.lora,
+        )
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ def run_step(step: Step, threads: int, show_progress: bool = False) -> dict:
     import torch
 
     torch.set_num_threads(max(1, threads))
+    cpu0 = _cpu_seconds()
     started = started_marker(step)
     resume = started.exists() and json.loads(started.read_text()).get("key") == step.key
     if not resume and step.kind != "report" and step.out.exists():
@@ -97,9 +98,37 @@ def run_step(step: Step, threads: int, show_progress: bool = False) -> dict:
         result = build_report(step.out)
     else:  # pragma: no cover - plan() only makes the kinds above
         raise ValueError(step.kind)
-    info = {"key": step.key, "seconds": time.time() - t0, "result": _summary(result)}
+    info = {
+        "key": step.key,
+        "seconds": time.time() - t0,
+        # core-seconds of this process while the step ran (all its threads; benchmarks/study.py)
+        "cpu_seconds": _cpu_seconds() - cpu0,
+        "result": _summary(result),
+    }
     atomic_write_text(done_marker(step), json.dumps(info, indent=2, default=str))
     return info
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process (every thread) and its waited-for children."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def thread_shares(running: list[str], jobs: int, threads_per_job: int) -> dict[str, int]:
+    """Torch threads of each running step: every slot's threads, idle slots' shared out.
+
+    ``jobs x threads_per_job`` threads in all (the cores the study was given); each running
+    step gets ``threads_per_job`` plus an even share of the idle slots' threads (the first
+    steps, in start order, take the remainder). Pure: the scheduler's policy, tested alone.
+    """
+    if not running:
+        return {}
+    total = max(1, jobs) * max(1, threads_per_job)
+    base, extra = divmod(total, len(running))
+    return {name: base + (1 if i < extra else 0) for i, name in enumerate(running)}
 
 
 def write_best_arm(run_dir: Path, arm_dir: Path, result: dict) -> None:
@@ -200,15 +229,37 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _share_file(step: Step) -> Path:
+    """The file through which the scheduler hands this step's worker its torch threads."""
+    return _marker(step, "threads")
+
+
 def _worker(step: Step, threads: int, queue, parent_pid: int | None = None) -> None:
     if parent_pid is not None:
         _die_with_parent(parent_pid)
     logging.basicConfig(level=logging.WARNING)
+    from warmstart.thread_share import SHARE_FILE_ENV, follow_share
+
+    os.environ[SHARE_FILE_ENV] = str(_share_file(step))
     try:
-        info = run_step(step, threads)
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        follow_share()  # a share written before this worker started
+        info = run_step(step, torch.get_num_threads())
         queue.put((step.name, "ok", info))
     except BaseException as e:  # report every failure to the parent, never hang it
         queue.put((step.name, "error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+
+
+def _hand_out(by_name: dict[str, Step], shares: dict[str, int], handed: dict[str, int]) -> None:
+    """Write each step's thread share where it changed (workers apply it at their next step)."""
+    from warmstart.thread_share import write_share
+
+    for name, threads in shares.items():
+        if handed.get(name) != threads:
+            write_share(_share_file(by_name[name]), threads)
+            handed[name] = threads
 
 
 def _progress_units(step: Step) -> int:
@@ -306,6 +357,7 @@ def _execute(
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     running: dict[str, Any] = {}
+    handed: dict[str, int] = {}  # threads last written to each running step's share file
     pending = list(todo)
     failed: dict[str, str] = {}
     t_start = time.time()
@@ -322,14 +374,22 @@ def _execute(
             while ready and len(running) < cfg.run.jobs:
                 s = ready.pop(0)
                 pending.remove(s)
-                proc = ctx.Process(
-                    target=_worker, args=(s, cfg.run.threads_per_job, queue, os.getpid()), daemon=False
-                )
+                if cfg.run.share_idle_threads:
+                    shares = thread_shares([*running, s.name], cfg.run.jobs, cfg.run.threads_per_job)
+                    _hand_out(by_name, shares, handed)  # the running steps give back threads first
+                else:
+                    shares = {s.name: cfg.run.threads_per_job}
+                proc = ctx.Process(target=_worker, args=(s, shares[s.name], queue, os.getpid()), daemon=False)
                 proc.start()
                 running[s.name] = (proc, time.time())
                 tasks[s.name] = prog.add_task(s.name, total=s.total or None)
             if pending and not running and not ready:  # pragma: no cover - _selected rules this out
                 raise ConfigError(f"steps waiting on inputs that will never run: {[s.name for s in pending]}")
+            # idle slots (nothing else ready): their threads go to the steps that run
+            if cfg.run.share_idle_threads:
+                _hand_out(
+                    by_name, thread_shares(list(running), cfg.run.jobs, cfg.run.threads_per_job), handed
+                )
             try:
                 name, status, info = queue.get(timeout=1.0)
             except Exception:  # queue.Empty: refresh the live display
@@ -343,6 +403,7 @@ def _execute(
                         prog.remove_task(tasks.pop(n))
                 continue
             proc, t0 = running.pop(name)
+            handed.pop(name, None)
             proc.join()
             prog.remove_task(tasks.pop(name))
             prog.advance(overall)
