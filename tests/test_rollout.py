@@ -348,3 +348,45 @@ def test_sampling_params_validation():
         SamplingParams(top_p=0.0)
     with pytest.raises(ValueError, match="n must"):
         SamplingParams(n=0)
+
+
+def test_behaviour_logp_equals_a_scoring_pass_within_1e_5(policy):
+    """The stages use ``Rollouts.logp_BT`` as old (GRPO) / student (OPD) log-probs at temperature 1
+    instead of a scoring forward (batch.sampler_logp_is_exact): it must equal that pass to 1e-5."""
+    from warmstart.batch import sampler_logp_is_exact
+    from warmstart.sampler import RolloutConfig, make_sampler
+    from warmstart.scoring import score_rollouts
+
+    sampler = make_sampler(RolloutConfig(), policy.model, policy.processor)
+    assert sampler_logp_is_exact(sampler, 1.0) and not sampler_logp_is_exact(sampler, 0.7)
+    r = sampler.sample(make_problems(4), SamplingParams(n=4, max_new_tokens=24, seed=11))
+    scored = score_rollouts(policy.model, r, with_entropy=True)
+    mask = r.response_mask_BT
+    assert int(mask.sum()) > 200
+    assert float((r.logp_BT - scored.logp_BT).abs().max()) <= 1e-5
+    assert float((r.entropy_BT - scored.entropy_BT).abs().max()) <= 1e-5
+    # and the same holds for a real toy checkpoint as the stages save it (no re-drawn weights)
+    with torch.no_grad():
+        plain = load_policy(policy.path)
+    r = make_sampler(RolloutConfig(), plain.model, plain.processor).sample(
+        make_problems(3, offset=5), SamplingParams(n=2, max_new_tokens=24, seed=2)
+    )
+    assert float((r.logp_BT - score_rollouts(plain.model, r, with_entropy=False).logp_BT).abs().max()) <= 1e-5
+
+
+def test_decode_layouts_and_prefill_chunks_agree(policy, monkeypatch):
+    """n = 1 decodes from one KV block per row, n > 1 from a shared prompt block plus row blocks,
+    and the prefill runs a few prompts at a time: all give the same greedy rows and log-probs."""
+    problems = make_problems(3)
+    one = sample(policy.model, policy.processor, problems, SamplingParams(greedy=True, max_new_tokens=16))
+    two = sample(
+        policy.model, policy.processor, problems, SamplingParams(n=2, greedy=True, max_new_tokens=16)
+    )
+    assert torch.equal(two.response_ids_BT[0::2], one.response_ids_BT)
+    assert torch.equal(two.response_ids_BT[1::2], one.response_ids_BT)
+    assert torch.allclose(two.logp_BT[0::2], one.logp_BT, atol=1e-5, rtol=0)
+    assert torch.allclose(two.entropy_BT[1::2], one.entropy_BT, atol=1e-5, rtol=0)
+    monkeypatch.setattr(engine, "PREFILL_CHUNK_TOKENS", 1)  # one prompt per prefill chunk
+    chunked = sample(policy.model, policy.processor, problems, SamplingParams(greedy=True, max_new_tokens=16))
+    assert torch.equal(chunked.response_ids_BT, one.response_ids_BT)
+    assert torch.allclose(chunked.logp_BT, one.logp_BT, atol=1e-5, rtol=0)
