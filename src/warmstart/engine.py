@@ -5,10 +5,12 @@
 :class:`~warmstart.rollout.PromptBatch` into :class:`~warmstart.rollout.Rollouts`
 (the contract lives in :mod:`warmstart.rollout`). How it works, and why:
 
-* **Prefill through the real HF forward, once per prompt.** The vision tower, the
-  merge of image features into the token embeddings and the 3-D (mrope) positions
-  are transformers' own code. Each prompt and its image are encoded once for all
-  ``n`` samples. A text prefix that every prompt shares (a system prompt, the chat
+* **Prefill once per prompt, on the same packed weights as the decode step.** The
+  vision tower, the 3-D (mrope) positions and the rotary module are transformers' own
+  code; the image features replace the image tokens' embeddings as the model's forward
+  does, and the language model runs in chunks of a few prompts (see
+  :meth:`_Decoder.prefill`). Each prompt and its image are encoded once for all ``n``
+  samples. A text prefix that every prompt shares (a system prompt, the chat
   header) is run once and its KV cache reused for all prompts.
 * **Decode with a small step of our own** over the language model's weights.
   ``generate`` spends only 3-14% of its time on its own overhead at toy scale
@@ -16,7 +18,8 @@
   q/k/v in one matmul and gate/up in one, residual adds fused into ``addmm``, a
   preallocated KV cache written in place (no ``torch.cat`` per step), the prompt's
   K/V stored and read once for its n samples, grouped-query attention without
-  ``repeat_kv``, the token suppression folded into the LM head, and one uniform
+  ``repeat_kv``, keys stored transposed (see :class:`_DecodeState`), the token
+  suppression folded into the LM head, and one uniform
   random number per row for the draw (inverse CDF) instead of ``torch.multinomial``.
 * **Positions.** After the prompt every token is text, and for text the three mrope
   components are equal, so decoding is plain 1-D rope at position ``p_b + t``, where
@@ -219,9 +222,11 @@ class _DecodeState:
 
     * keys are stored transposed: ``bmm(q, K^T)`` with K^T contiguous is ~2.5x faster
       than with a transposed view of K;
-    * every step reads the whole block, the slots not yet written masked out (``mask``
-      holds a large negative there, zeroed as a slot is written): a contiguous operand is
-      faster than a slice of the written columns, and a masked column adds exactly 0;
+    * with n = 1 every step reads the whole row block, the slots not yet written masked
+      out (``mask`` holds a large negative there, zeroed as a slot is written): a
+      contiguous operand is faster than a slice of the written columns, and a masked
+      column adds exactly 0; with n > 1 (measured the other way round) the row blocks are
+      sliced to the written slots and ``mask`` is unused;
     * with n = 1 one block per row makes attention three ops per layer; with n > 1 the
       shared prompt block saves more than its extra matmuls cost.
     """
@@ -238,7 +243,7 @@ class _DecodeState:
 
 
 class _Decoder:
-    """The language model of a Qwen2.5-VL as a prefill (HF) + one-token decode step (ours)."""
+    """The language model of a Qwen2.5-VL as a prefill + one-token decode step on packed weights."""
 
     def __init__(self, model: Any, suppress_ids: Sequence[int]) -> None:
         self.model = unwrap_model(model)
