@@ -328,11 +328,14 @@ class Trainer:
         takes every N-th one. Each micro-batch's loss is the objective
         ``loss.objective`` names, of the model's scores of its response tokens
         (with the full-vocabulary entropy when ``with_entropy`` or the entropy bonus
-        asks for it). NaN/inf loss or gradient skips the step (``skipped=True``, loss NaN).
+        asks for it); rows that share a prompt run it once
+        (:func:`warmstart.prompt_sharing.score_rollouts_shared_prompts`, equal values and
+        gradients to float rounding; not under FSDP). NaN/inf loss or gradient skips the step (``skipped=True``, loss NaN).
         After the step the global parameter norm is checked: non-finite or above
         :data:`EXPLODED_NORM_FACTOR` x its starting value raises :class:`TrainingDiverged`
         (there is no copy to restore, and those weights must never be saved).
         """
+        from warmstart.prompt_sharing import rows_per_prompt, score_rollouts_shared_prompts
         from warmstart.scoring import score_rollouts
 
         cfg = self.loss_cfg
@@ -358,7 +361,11 @@ class Trainer:
             real = i < len(starts)
             s = starts[i] if real else all_starts[0]
             mb = batch.select(list(range(s, min(B, s + micro_batch))))
-            scores = score_rollouts(self.model, mb.rollouts, with_entropy=need_entropy, grad=True)
+            # rows that share a prompt (GRPO's n samples) run that prompt once; not under
+            # FSDP, where the LM head must run inside the head module's own forward
+            share = not self.sharded and rows_per_prompt(mb.rollouts) > 1
+            score = score_rollouts_shared_prompts if share else score_rollouts
+            scores = score(self.model, mb.rollouts, with_entropy=need_entropy, grad=True)
             total, terms = objective(mb, scores, cfg, denom)
             unknown = sorted(set(terms) - set(losses.OBJECTIVE_STATS))
             if unknown:

@@ -91,7 +91,7 @@ def test_grpo_raises_training_reward(trained_toy, synth_dir, tmp_path):
         trained_toy,
         tmp_path / "tiny",
         tmp_path / "rl",
-        steps=16,
+        steps=24,
         prompts_per_step=8,
         n=8,
         max_new_tokens=40,
@@ -101,7 +101,7 @@ def test_grpo_raises_training_reward(trained_toy, synth_dir, tmp_path):
     train_grpo(cfg, show_progress=False)
     rows = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     rew = [r["reward_mean"] for r in rows]
-    assert len(rew) == 16
+    assert len(rew) == 24
     for key in (
         "entropy",
         "neg_logp",
@@ -115,7 +115,9 @@ def test_grpo_raises_training_reward(trained_toy, synth_dir, tmp_path):
         "format_rate",
     ):
         assert key in rows[-1]
-    assert sum(rew[-4:]) / 4 > sum(rew[:4]) / 4 + 0.08, rew
+    # one sampled run: the mean of its last 8 steps against its first 4 (16 steps of 64
+    # samples each were within 0.01 of the bar when float rounding moved the samples)
+    assert sum(rew[-8:]) / 8 > sum(rew[:4]) / 4 + 0.08, rew
 
 
 RESUME_SCRIPT = r"""
