@@ -129,3 +129,18 @@ def score_rollouts_shared_prompts(
 def rows_per_prompt(rollouts: Rollouts) -> float:
     """Mean rows per distinct prompt (how much :func:`score_rollouts_shared_prompts` saves on prompts)."""
     return rollouts.num_rows / max(1, int(torch.unique(rollouts.prompt_index_B).numel()))
+
+
+def score_rows(model: Any, rollouts: Rollouts, share: bool = True, **kwargs: Any) -> TokenScores:
+    """Score ``rollouts``: each shared prompt once when rows share one (and ``share``), else row by row.
+
+    The one choice the trainer's update and the in-process teacher both make, so a teacher
+    identical to the student scores a batch with the very computation the update runs
+    (OPD's advantage is then exactly zero). ``kwargs`` go to the scorer
+    (``with_entropy``, ``grad``, ``chunk_size``, ...).
+    """
+    from warmstart.scoring import score_rollouts
+
+    if share and rows_per_prompt(rollouts) > 1:
+        return score_rollouts_shared_prompts(model, rollouts, **kwargs)
+    return score_rollouts(model, rollouts, **kwargs)

@@ -127,7 +127,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
-from warmstart.scoring import TokenScores, score_rollouts
+from warmstart.scoring import TokenScores
 
 if TYPE_CHECKING:
     from warmstart.rollout import Rollouts
@@ -173,8 +173,10 @@ class InProcessScorer(Scorer):
 
     def score(self, rollouts: Rollouts) -> TokenScores:
         # no_grad: the teacher is a fixed target, never trained through.
-        with torch.no_grad():
-            scores = score_rollouts(
+        from warmstart.prompt_sharing import score_rows
+
+        with torch.no_grad():  # the update's own choice of scorer (prompt sharing): see score_rows
+            scores = score_rows(
                 self.model, rollouts, with_entropy=self.with_entropy, chunk_size=self.chunk_size, grad=False
             )
         _check_logprobs(scores.logp_BT, rollouts)

@@ -335,8 +335,7 @@ class Trainer:
         :data:`EXPLODED_NORM_FACTOR` x its starting value raises :class:`TrainingDiverged`
         (there is no copy to restore, and those weights must never be saved).
         """
-        from warmstart.prompt_sharing import rows_per_prompt, score_rollouts_shared_prompts
-        from warmstart.scoring import score_rollouts
+        from warmstart.prompt_sharing import score_rows
 
         cfg = self.loss_cfg
         objective = losses.get("objectives", cfg.objective)
@@ -363,9 +362,9 @@ class Trainer:
             mb = batch.select(list(range(s, min(B, s + micro_batch))))
             # rows that share a prompt (GRPO's n samples) run that prompt once; not under
             # FSDP, where the LM head must run inside the head module's own forward
-            share = not self.sharded and rows_per_prompt(mb.rollouts) > 1
-            score = score_rollouts_shared_prompts if share else score_rollouts
-            scores = score(self.model, mb.rollouts, with_entropy=need_entropy, grad=True)
+            scores = score_rows(
+                self.model, mb.rollouts, share=not self.sharded, with_entropy=need_entropy, grad=True
+            )
             total, terms = objective(mb, scores, cfg, denom)
             unknown = sorted(set(terms) - set(losses.OBJECTIVE_STATS))
             if unknown:

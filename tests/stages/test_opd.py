@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from warmstart import losses
 from warmstart.config import from_dict
 from warmstart.models import load_policy
+from warmstart.prompt_sharing import score_rows
 from warmstart.rollout import SamplingParams
 from warmstart.sampler import RolloutConfig, make_sampler
 from warmstart.scoring import score_rollouts
@@ -43,7 +44,8 @@ def test_teacher_equal_to_student_gives_zero_advantage_and_no_update(toy_dir, sy
     ro = make_sampler(RolloutConfig(), pol.model, pol.processor).sample(
         probs, SamplingParams(n=2, max_new_tokens=10, seed=1)
     )
-    s = score_rollouts(pol.model, ro)
+    # the update's scorer (each shared prompt once, as the in-process teacher scores too)
+    s = score_rows(pol.model, ro)
     t = InProcessScorer(load_policy(toy_dir).model).score(ro)
     adv = losses.reverse_kl_advantage(s.logp_BT, t.logp_BT, ro.response_mask_BT)
     assert torch.count_nonzero(adv) == 0
