@@ -24,8 +24,9 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="ne
 def _long_config(tmp_path: Path) -> Path:
     """The smoke study with a stage 0 that would train for hours: a worker is surely busy when killed."""
     text = SMOKE.read_text().replace("steps = 6\n", "steps = 1000000\n", 1)
+    text = text.replace('stop_split = "test"\n', 'stop_split = ""\n')  # no stop rule: it trains on
     text = text.replace("jobs = 2\n", "jobs = 1\n")  # one busy worker: less load on the test machine
-    assert "steps = 1000000" in text and "jobs = 1" in text
+    assert "steps = 1000000" in text and "jobs = 1" in text and 'stop_split = ""' in text
     cfg = tmp_path / "long.toml"
     cfg.write_text(text)
     return cfg
@@ -145,11 +146,13 @@ def test_only_a_step_whose_inputs_are_missing_fails_at_once(tmp_path):
     out = tmp_path / "fresh"
     cmd = [sys.executable, "-m", "warmstart.cli", "run", "--config", str(SMOKE), "--out", str(out), "--quiet"]
     # A timeout far above the seconds this takes: before the fix it waited forever.
-    r = subprocess.run([*cmd, "--only", "stage1:sft_over"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [*cmd, "--only", "stage1:sft_over@lr0.001"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
-    assert "prerequisite" in lines[0] and "data, student" in lines[0] and "drop --only" in lines[0]
+    assert "prerequisite" in lines[0] and "data, student, stage0" in lines[0] and "drop --only" in lines[0]
     assert not (out / "data").exists()  # nothing ran
 
 
@@ -159,11 +162,12 @@ def test_only_takes_group_prefixes_and_refuses_unknown_names(tmp_path, capsys):
     args = ["run", "--config", str(SMOKE), "--out", str(tmp_path / "fresh"), "--quiet"]
     # A group prefix selects the group, as for --force; its missing inputs are named.
     assert main([*args, "--only", "stage1"]) == 2
-    assert "not done: data, student, teacher" in capsys.readouterr().err
+    err = capsys.readouterr().err  # (the seed replicas wait on the grid's select steps too)
+    assert "not done: data, student, stage0, select:sft_over, teacher, select:opd" in err
     # A name that is no step is refused, with the list of steps.
     assert main([*args, "--only", "sft"]) == 2
     err = capsys.readouterr().err
-    assert "'sft'" in err and "stage1:sft_over" in err
+    assert "'sft'" in err and "stage1:sft_over@lr0.001" in err
     # Inputs named too: the selection is complete, so it runs (data has no inputs).
     assert main([*args, "--only", "data"]) == 0
     assert (tmp_path / "fresh" / ".steps" / "data.done.json").exists()

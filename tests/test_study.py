@@ -15,13 +15,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_configs_parse_and_plan_every_model():
-    for name in ("toy", "smoke", "paper-qwen2.5-vl-7b"):
+    arm_sets = {
+        "toy": ["sft_early", "sft_over", "opd", "opd_over", "sft_matched", "opd_matched"],
+        "toy-full": ["sft_early", "sft_over", "opd", "opd_over", "sft_matched", "opd_matched"],
+        "toy-skills": ["sft_early", "sft_over", "opd"],
+        "smoke": ["sft_early", "sft_over", "opd", "opd_matched"],
+        "paper-qwen2.5-vl-7b": ["sft_early", "sft_over", "opd"],
+    }
+    for name, want in arm_sets.items():
         cfg = load_study(ROOT / "configs" / f"{name}.toml")
         steps = plan(cfg, Path("/tmp/x"))
         evals = {s.name for s in steps if s.kind == "eval"}
         arms = [a.name for a in cfg.arm]
-        assert arms == ["sft_early", "sft_over", "opd"]
-        models = {"base", *arms, *(f"{a}+grpo" for a in arms)}
+        assert arms == want, name
+        seeds = range(cfg.seeds)
+        reps = [(a.name if k == 0 else f"{a.name}@s{k}", a.grpo) for k in seeds for a in cfg.arm]
+        models = {"base", *(r for r, _ in reps), *(f"{r}+grpo" for r, g in reps if g)}
         if not cfg.teacher.path.startswith("http"):
             models.add("teacher")
         expected = {f"eval:{m}:{sp}" for m in models for sp in ("validation", "ood")}
@@ -69,24 +78,41 @@ def test_smoke_study_end_to_end_then_cached(tmp_path, capsys):
     for f in ("report.md", "report.html", "study_timing.json"):
         assert (out / f).exists()
     evals = sorted(p.name for p in (out / "eval").glob("*.json"))
-    assert len(evals) == 18, evals  # 8 models x 2 splits + the blank-image ablation of base and teacher
+    # 2 seeds x (4 arms + 3 Stage-2 endpoints) + base + teacher = 16 models x 2 splits + 2 blank
+    assert len(evals) == 34, evals
     arms = json.loads((out / "study_config.json").read_text())["arm"]
-    assert [(a["name"], a["label"], a["method"]) for a in arms] == [
-        ("sft_early", "SFT (early-stopped)", "sft"),
-        ("sft_over", "SFT (over-trained)", "sft"),
-        ("opd", "OPD", "opd"),
+    assert [(a["name"], a["method"], a["checkpoint"]) for a in arms] == [
+        ("sft_early", "sft", "best"),
+        ("sft_over", "sft", "final"),
+        ("opd", "opd", "best"),
+        ("opd_matched", "opd", "matched"),
     ]
+    # stage 0 checked both models and fixed the matched target before any Stage-1 run
+    s0 = json.loads((out / "stage0.json").read_text())
+    assert set(s0["families"]) and "matched_target" in s0
+    assert s0["student_stop"]["rule"].startswith("first validation with every family's pass@2")
+    # the grid: one run per rate, the chosen one linked; the replica trained at that rate
+    for run in ("sft_over", "opd"):
+        grid = json.loads((out / "stage1" / run / "grid.json").read_text())
+        assert [r["lr"] for r in grid["runs"]] == [3e-4, 1e-3]
+        assert (out / "stage1" / run / "best").is_symlink()
+        rep_cfg = json.loads((out / "stage1" / f"{run}@s1" / "config.json").read_text())
+        assert rep_cfg["optim"]["lr"] == grid["chosen_lr"] and rep_cfg["seed"] == 1
     early = [
         json.loads(ln)["step"]
         for ln in (out / "stage1" / "sft_early" / "metrics.jsonl").read_text().splitlines()
     ]
     best_step = json.loads((out / "stage1" / "sft_early" / "result.json").read_text())["best_step"]
     assert early and max(early) == best_step  # the over run's log, cut at the early arm's checkpoint
-    for arm in ("sft_early", "sft_over", "opd"):
+    for arm in ("sft_early", "sft_over", "opd", "sft_early@s1", "opd@s1"):
         assert (out / "stage1" / arm / "metrics.jsonl").exists()
         assert (out / "stage2" / arm / "metrics.jsonl").exists()
+    assert not (out / "stage2" / "opd_matched").exists()
+    matched = json.loads((out / "eval" / "opd_matched__validation.json").read_text())
+    reached = json.loads((out / "stage1" / "opd_matched" / "result.json").read_text())["reached"]
+    assert matched.get("not_reached", False) is (not reached)
     md = (out / "report.md").read_text()
-    assert "opd+grpo" in md and "sft_over+grpo" in md and "missing:" not in md
+    assert "opd+grpo" in md and "sft_over+grpo" in md
     first = json.loads((out / "study_timing.json").read_text())
     assert first["ran"] and not first["failed"]
     # a re-run finds everything done and runs nothing

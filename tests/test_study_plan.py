@@ -16,7 +16,7 @@ from warmstart.stages.sft import SFTConfig
 from warmstart.study import load_study, parse_study, plan, write_best_arm
 
 ROOT = Path(__file__).resolve().parents[1]
-TOY = ROOT / "configs" / "toy.toml"
+TOY = ROOT / "configs" / "toy-skills.toml"  # the v1 arms: sft_early, sft_over, opd
 R = Path("/tmp/warmstart-plan")
 
 
@@ -34,8 +34,8 @@ def test_toy_trains_one_sft_run_and_reads_both_sft_arms_from_it():
     sft = steps["stage1:sft_over"].job
     assert sft.method == "sft" and sft.config.arm == "over"  # over-trained: it passes through best/
     assert sft.config.out_dir == str(R / "stage1" / "sft_over")
-    assert sft.best_arms == (str(R / "stage1" / "sft_early"),)
-    assert steps["stage1:opd"].job.best_arms == ()
+    assert sft.arm_views == ((str(R / "stage1" / "sft_early"), "best"),)
+    assert steps["stage1:opd"].job.arm_views == ()
     assert steps["grpo:sft_early"].job.init == str(R / "stage1" / "sft_over" / "best")
     assert steps["grpo:sft_over"].job.init == str(R / "stage1" / "sft_over" / "final")
     assert steps["grpo:opd"].job.init == str(R / "stage1" / "opd" / "final")
@@ -81,7 +81,7 @@ def test_a_fourth_arm_is_one_config_entry():
         "stage1:sft_lr3e-4",
     ]
     new = steps["stage1:sft_lr3e-4"].job
-    assert new.config.arm == "early" and new.best_arms == ()  # alone, it stops at its best step
+    assert new.config.arm == "early" and new.arm_views == ()  # alone, it stops at its best step
     assert steps["grpo:sft_lr3e-4"].job.init == str(R / "stage1" / "sft_lr3e-4" / "best")
     evals = {n for n, s in steps.items() if s.kind == "eval"}
     models = {"base", "teacher", *(a.name for a in cfg.arm), *(f"{a.name}+grpo" for a in cfg.arm)}
@@ -137,7 +137,10 @@ def test_arm_entries_are_checked_when_the_file_is_read():
     cases = [
         (lambda d: d["arm"][1].update(name="sft_early"), "arm names must be unique"),
         (lambda d: d["arm"][1].update(checkpoint="best"), "sft_early and sft_over are the same model"),
-        (lambda d: d["arm"][2].update(checkpoint="best"), "a opd run leaves only \\['final'\\]"),
+        (
+            lambda d: d["arm"][2].update(checkpoint="best"),
+            "this opd run leaves only \\['final'\\] \\(best/matched need opd.eval_every > 0\\)",
+        ),
         (lambda d: d["arm"][2].update(method="dpo"), "method 'dpo' is not one of"),
         (lambda d: d["arm"][2].update(name="opd+x"), "arm name 'opd\\+x'"),
         (lambda d: d["arm"][2].update(name="base"), "arm name 'base'"),
@@ -197,7 +200,10 @@ def test_write_best_arm_keeps_the_run_log_up_to_the_best_step(tmp_path):
     assert kept == rows[:5]
     assert json.loads((arm_dir / "result.json").read_text()) == {
         "derived_from": str(run_dir),
+        "checkpoint": "best",
         "model": str(run_dir / "best"),
+        "step": 4,
+        "reached": True,
         "best_step": 4,
         "best_val_accuracy": 0.5,
     }

@@ -92,6 +92,37 @@ def greedy_accuracy(
 
 
 @torch.no_grad()
+def family_pass_at_k(
+    sampler: Sampler,
+    problems: Sequence[Problem],
+    k: int,
+    max_new_tokens: int,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """pass@k per question family (``meta["family"]``): the fraction of its problems with a correct one of k T=1 samples.
+
+    With exactly ``k`` samples per problem the unbiased pass@k estimator is this fraction.
+    Problems without a family count under ``"?"``.
+    """
+    from warmstart.grading import grade
+    from warmstart.rollout import SamplingParams
+
+    solved: dict[str, list[bool]] = {}
+    for s in range(0, len(problems), batch_size):
+        chunk = list(problems[s : s + batch_size])
+        ro = sampler.sample(
+            chunk, SamplingParams(n=k, temperature=1.0, max_new_tokens=max_new_tokens, seed=seed + s)
+        )
+        hit = [False] * len(chunk)
+        for t, q in zip(ro.texts_B, ro.prompt_index_B):
+            hit[int(q)] = hit[int(q)] or grade(t, chunk[int(q)]).correct
+        for p, h in zip(chunk, hit):
+            solved.setdefault(str(p.meta.get("family", "?")), []).append(h)
+    return {f: sum(v) / len(v) for f, v in sorted(solved.items())}
+
+
+@torch.no_grad()
 def sampled_entropy(
     sampler: Sampler, problems: Sequence[Problem], max_new_tokens: int, seed: int = 0, batch_size: int = 64
 ) -> float:
@@ -178,9 +209,12 @@ def progress_columns(description: str = "{task.description}") -> list:
 
 @contextmanager
 def progress(description: str, total: int, start: int = 0, enabled: bool = True):
-    """A rich progress bar; yields ``update(advance=1, **fields)`` that also shows live fields."""
+    """A rich progress bar; yields ``update(advance=1, total=None, **fields)`` that also shows live fields.
+
+    ``total`` moves the bar's end (a run whose stop step was just decided).
+    """
     if not enabled:
-        yield lambda advance=1, **fields: None
+        yield lambda advance=1, total=None, **fields: None
         return
     from rich.progress import Progress, TextColumn
 
@@ -188,9 +222,9 @@ def progress(description: str, total: int, start: int = 0, enabled: bool = True)
     with Progress(*cols, transient=False) as prog:
         task = prog.add_task(description, total=total, completed=start, info="")
 
-        def update(advance: int = 1, **fields) -> None:
+        def update(advance: int = 1, total: int | None = None, **fields) -> None:
             info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
-            prog.update(task, advance=advance, info=info)
+            prog.update(task, advance=advance, info=info, **({"total": total} if total else {}))
 
         yield update
 
@@ -264,3 +298,30 @@ def config_from_args(cls, args: argparse.Namespace, **extra):
     if getattr(cfg, "out_dir", None):
         args._log_file = str(Path(cfg.out_dir) / "error.log")
     return cfg
+
+
+def run_compute(metrics_path: Path) -> dict:
+    """A Stage-1 run's training compute from its own log: sequences, tokens and seconds of its steps.
+
+    Sums the ``sequences``, ``tokens`` and ``step_time_s`` of every training row of
+    ``metrics.jsonl`` (validations are not training compute and are not in
+    ``step_time_s``); a resumed run logs each step once, so it counts each step once.
+    ``seconds`` is the wall time of the training steps, ``steps`` the rows counted.
+    """
+    import json
+
+    out = {"steps": 0, "sequences": 0, "tokens": 0, "seconds": 0.0}
+    if not Path(metrics_path).exists():
+        return out
+    for line in Path(metrics_path).read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "step_time_s" not in row:  # the init's validation row
+            continue
+        out["steps"] += 1
+        out["sequences"] += int(row.get("sequences", 0))
+        out["tokens"] += int(row.get("tokens", 0))
+        out["seconds"] += float(row["step_time_s"])
+    out["seconds"] = round(out["seconds"], 3)
+    return out

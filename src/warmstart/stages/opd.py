@@ -13,6 +13,13 @@ so a teacher identical to the student gives an advantage of exactly zero; the lo
 reverse KL, entropy and -log p are the sampler's exact per-token values (temperature 1,
 in-process engine). Otherwise (another backend, a temperature other than 1, several
 epochs without exact sampler log-probs) the student is scored once, as before.
+
+Checkpoints: with ``eval_every`` > 0 the run is selected by the rule SFT uses
+(:mod:`warmstart.stages.selection`): greedy accuracy on ``val_split`` every
+``eval_every`` steps, ``best/`` (the early arm), an ``over`` run going on to
+``over_multiple x best_step`` (``final/``), ``matched/`` at the first validation that
+reaches ``matched_target``; ``steps`` is then the most it may take. With
+``eval_every = 0`` it trains ``steps`` steps and keeps ``final/`` only.
 """
 
 from __future__ import annotations
@@ -36,7 +43,10 @@ from warmstart.stages.common import (
     load_frozen,
     load_split,
     progress,
+    run_compute,
+    teacher_forced_nll,
 )
+from warmstart.stages.selection import Selection, observe, selection_summary
 from warmstart.thread_share import follow_share
 from warmstart.train import (
     LossConfig,
@@ -73,16 +83,26 @@ class OPDConfig:
         data: problem data (path understood by ``load_problems``); must be set when the stage runs.
         out_dir: run directory.
         train_split: split with the training prompts.
-        val_split: split used for the periodic greedy validation.
+        train_problems: use the first N prompts of ``train_split`` (0 = all); the study gives
+            OPD the same finite set as SFT.
+        val_split: selection split of the periodic greedy validation (never the reported one).
         val_problems: number of validation problems (first N; 0 = all).
-        steps: rollout steps.
+        steps: rollout steps (with ``eval_every`` > 0: the most the run may take).
         prompts_per_step: prompts per step.
         n: student samples per prompt.
         temperature: student sampling temperature.
         max_new_tokens: max response tokens.
         update_epochs: passes over each batch (> 1 uses the clipped importance ratio).
         micro_batch: rows per forward/backward.
-        eval_every: greedy validation every N steps (0 disables).
+        eval_every: validate every N steps (greedy accuracy, then the NLL of the reference
+            rationales) and select checkpoints by the shared rule; 0: no validation, ``final/`` only.
+        arm: ``early`` (stop at the best validation) or ``over`` (go on to ``over_multiple`` x
+            the best step), when ``eval_every`` > 0.
+        patience: validations without improvement before the run's end is decided.
+        min_delta: improvement in validation accuracy that counts.
+        over_multiple: the over-trained arm runs to this multiple of the best step.
+        matched_target: keep the first validation at or above this accuracy in ``matched/``
+            (``None``: none kept); the study sets it from stage 0.
         checkpoint_every: save a resumable checkpoint every N steps.
         max_bad_steps: abort (``TrainingDiverged``) after this many skipped updates in a row
             (non-finite loss or gradient; each is logged with ``skipped: true`` and ``loss: null``).
@@ -105,6 +125,7 @@ class OPDConfig:
     teacher_retries: int = 3
     out_dir: str = "runs/opd"
     train_split: str = "train"
+    train_problems: int = 0
     val_split: str = "validation"
     val_problems: int = 0
     steps: int = 100
@@ -115,6 +136,11 @@ class OPDConfig:
     update_epochs: int = 1
     micro_batch: int = 64
     eval_every: int = 0
+    arm: Literal["early", "over"] = "over"
+    patience: int = 3
+    min_delta: float = 0.0
+    over_multiple: float = 3.0
+    matched_target: float | None = None
     checkpoint_every: int = 25
     max_bad_steps: int = 5
     seed: int = 0
@@ -130,6 +156,10 @@ class OPDConfig:
             raise ConfigError("OPD has no reference-KL term: set loss.kl_coef = 0")
         if not self.teacher_timeout_s > 0 or self.teacher_retries < 0:
             raise ConfigError("teacher_timeout_s must be > 0 and teacher_retries >= 0")
+        if self.eval_every < 0 or self.over_multiple < 1 or self.patience < 1:
+            raise ConfigError("eval_every must be >= 0, over_multiple >= 1 and patience >= 1")
+        if self.matched_target is not None and not self.eval_every:
+            raise ConfigError("matched_target needs eval_every > 0 (the matched checkpoint is a validation)")
 
 
 def make_teacher(cfg: OPDConfig, student_tokenizer=None):
@@ -162,7 +192,7 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
     require_set(cfg, "opd", "init", "teacher", "data")
     run = RunDir(cfg.out_dir, "opd")
     run.write_config(cfg)
-    problems = load_split(cfg.data, cfg.train_split)
+    problems = load_split(cfg.data, cfg.train_split, cfg.train_problems or None)
     val = load_split(cfg.data, cfg.val_split, cfg.val_problems or None) if cfg.eval_every else []
     policy, trainer, extra = open_training(
         run, cfg.init, resume, cfg.optim, cfg.loss, cfg.steps * cfg.update_epochs, parallel=cfg.parallel
@@ -171,8 +201,36 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
     sampler = make_sampler(cfg.rollout, policy.model, policy.processor)
     logp_exact = sampler_logp_is_exact(sampler, cfg.temperature)
     step = extra.get("rollout_step", 0)
-    with progress("opd", cfg.steps, step, show_progress) as bar:
-        while step < cfg.steps:
+    sel = Selection.from_dict(extra["selection"]) if "selection" in extra else Selection(stop_at=cfg.steps)
+
+    def validate(at: int) -> dict:
+        """Validate at step ``at``: log fields, save best/ and matched/ as the shared rule decides."""
+        nonlocal sel
+        acc = greedy_accuracy(sampler, val, cfg.max_new_tokens)
+        nll = teacher_forced_nll(policy.model, policy.processor, val)
+        d = observe(
+            sel,
+            at,
+            acc,
+            nll,
+            arm=cfg.arm,
+            patience=cfg.patience,
+            min_delta=cfg.min_delta,
+            over_multiple=cfg.over_multiple,
+            max_steps=cfg.steps,
+            matched_target=cfg.matched_target,
+        )
+        sel = d.selection
+        if d.save_best:
+            run.save_model(policy, "best")
+        if d.save_matched:
+            run.save_model(policy, "matched")
+        return {"val_accuracy": acc, "val_loss": nll}
+
+    if cfg.eval_every and step == 0:  # the init is a candidate, as in SFT
+        run.log(0, **validate(0))
+    with progress("opd", sel.stop_at, step, show_progress) as bar:
+        while step < sel.stop_at:
             follow_share()  # the study scheduler's thread share (no-op outside a study)
             timer = Timer()
             idx = batch_indices(len(problems), cfg.prompts_per_step, step, cfg.seed)
@@ -224,6 +282,8 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
                 "reward_mean": sum(x.correct for x in g) / len(g),
                 "format_rate": sum(x.format_ok for x in g) / len(g),
                 "response_len": float(mask_BT.sum(1).float().mean()),
+                "sequences": int(mask_BT.shape[0]),
+                "tokens": int(mask_BT.sum()),
                 "loss": None if st.skipped else st.loss,
                 **({"skipped": True} if st.skipped else {}),
                 "grad_norm": st.grad_norm,
@@ -234,15 +294,37 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
                 "update_time_s": timer.t["update"],
                 "step_time_s": sum(timer.t.values()),
             }
-            if cfg.eval_every and step % cfg.eval_every == 0:
-                row["val_accuracy"] = greedy_accuracy(sampler, val, cfg.max_new_tokens)
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == sel.stop_at):
+                before = sel.stop_at
+                row.update(validate(step))
+                if sel.stop_at != before:
+                    bar(0, total=sel.stop_at)
             run.log(step, **row)
             bar(1, rkl=row["reverse_kl"], entropy=row["entropy"])
             trainer.abort_if_diverging(cfg.max_bad_steps, at_step=step)
-            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                run.save_checkpoint(trainer, policy.processor, extra={"rollout_step": step, "log_step": step})
+            if step % cfg.checkpoint_every == 0 and step < sel.stop_at:
+                run.save_checkpoint(
+                    trainer,
+                    policy.processor,
+                    extra={"rollout_step": step, "log_step": step, "selection": sel.to_dict()},
+                )
     run.save_model(policy, "final")
-    result = {"steps": step, "model": str(run.root / "final"), "teacher": cfg.teacher}
+    result = {
+        "steps": step,
+        "model": str(run.root / "final"),
+        "teacher": cfg.teacher,
+        "compute": run_compute(run.root / "metrics.jsonl"),
+    }
+    if cfg.eval_every:
+        result.update(
+            arm=cfg.arm,
+            best_step=sel.best_step,
+            best_val_accuracy=sel.best_acc,
+            early_model=str(run.root / "best"),
+            val_split=cfg.val_split,
+            val_problems=len(val),
+            selection=selection_summary(sel, cfg, step),
+        )
     return run.finish(result)
 
 

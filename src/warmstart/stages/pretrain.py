@@ -7,9 +7,11 @@ Qwen2.5-VL. It reuses the SFT loop (same loss path, checkpoints and resume) with
 no early stopping: a fixed number of steps, and a tokenizer trained on the
 training texts.
 
-How strong each model gets is set by its size and its number of steps; the study
-config picks them so that the teacher is clearly stronger than the base student
-and the base student is weak but not hopeless (see configs/toy.toml).
+How strong each model gets is set by its size and its number of steps, or by a stop
+rule on the model alone (``stop_split``): training ends at the first validation where
+every family's pass@k on that split reaches ``stop_min_pass``, the weakest model that
+has every skill (the base student of configs/toy.toml). The study then checks that the
+teacher is clearly stronger on every family (:mod:`warmstart.study.stage0`).
 """
 
 from __future__ import annotations
@@ -37,16 +39,21 @@ class PretrainConfig:
         families: train only on these problem families (``meta["family"]``; empty: all).
         vocab_size: target vocabulary of the toy tokenizer (trained on the training texts).
         image_size: image side in pixels (multiple of 28).
-        steps: optimizer steps.
+        steps: optimizer steps (with a stop rule: the most it may take).
         batch_size: problems per step.
         micro_batch: rows per forward/backward.
-        eval_every: greedy validation every N steps (logged; no early stopping).
+        eval_every: greedy validation every N steps (logged), and the stop rule's checks.
         val_problems: validation problems used (first N).
         max_new_tokens: generation length for validation.
         max_bad_steps: abort (``TrainingDiverged``) after this many skipped updates in a row
             (non-finite loss or gradient; each is logged with ``skipped: true`` and ``loss: null``).
             Exploded weights (parameter norm above ``train.EXPLODED_NORM_FACTOR`` x its start)
             abort at once. 0 never aborts on skipped updates.
+        stop_split: split of the stop rule, e.g. ``"test"`` (never the reported split); empty:
+            no stop rule, train ``steps`` steps.
+        stop_problems: problems of ``stop_split`` the rule samples (first N; 0 = all).
+        stop_k: samples per problem of the rule's pass@k (temperature 1).
+        stop_min_pass: stop at the first validation where every family's pass@k is at least this.
         seed: seed of data order.
         optim: optimizer and schedule.
         rollout: the sampler of greedy validation (passed to the SFT loop).
@@ -66,6 +73,10 @@ class PretrainConfig:
     val_problems: int = 100
     max_new_tokens: int = 48
     max_bad_steps: int = 5
+    stop_split: str = ""
+    stop_problems: int = 0
+    stop_k: int = 8
+    stop_min_pass: float = 0.3
     seed: int = 0
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
@@ -79,6 +90,8 @@ class PretrainConfig:
 
         if self.size not in SIZES:
             raise ConfigError(f"size {self.size!r} is not one of {sorted(SIZES)}")
+        if self.stop_k < 1 or not 0.0 < self.stop_min_pass <= 1.0 or self.stop_problems < 0:
+            raise ConfigError("stop_k must be >= 1, stop_min_pass in (0, 1] and stop_problems >= 0")
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, show_progress: bool = True) -> dict:
@@ -132,7 +145,39 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, show_progress: bool = Tr
             "families": list(cfg.families),
         },
     )
-    return train_sft(sft, resume=resume, show_progress=show_progress, stage="pretrain")
+    return train_sft(
+        sft, resume=resume, show_progress=show_progress, stage="pretrain", stop_rule=stop_rule(cfg)
+    )
+
+
+def stop_rule(cfg: PretrainConfig):
+    """The stop rule of ``cfg`` as ``train_sft``'s ``stop_rule`` callback, or ``None`` without one.
+
+    At each validation: pass@``stop_k`` per family on ``stop_split`` (the trained families
+    only); ``stop`` when every family reaches ``stop_min_pass``.
+    """
+    if not cfg.stop_split:
+        return None
+    from warmstart.stages.common import family_pass_at_k
+
+    problems = load_split(cfg.data, cfg.stop_split, cfg.stop_problems or None)
+    if cfg.families:
+        problems = [p for p in problems if p.meta.get("family") in cfg.families]
+    if not problems:
+        raise ConfigError(f"pretrain: stop_split {cfg.stop_split!r} of {cfg.data} has no problem to check")
+    rule = f"first validation with every family's pass@{cfg.stop_k} >= {cfg.stop_min_pass} on split {cfg.stop_split}"
+
+    def check(sampler, step: int) -> dict:
+        per = family_pass_at_k(sampler, problems, cfg.stop_k, cfg.max_new_tokens, seed=cfg.seed + step)
+        return {
+            "stop": all(v >= cfg.stop_min_pass for v in per.values()),
+            "rule": rule,
+            "k": cfg.stop_k,
+            "step": step,
+            "per_family_pass_at_k": per,
+        }
+
+    return check
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

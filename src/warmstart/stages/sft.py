@@ -9,6 +9,11 @@ One recipe, two arms (``arm``):
   run is deterministic, its ``best/`` is exactly the early arm's checkpoint, so one
   ``over`` run yields both arms (the study uses this).
 
+The rule is :mod:`warmstart.stages.selection`'s, the same OPD uses; with
+``matched_target`` set, the first validation reaching it is kept in ``matched/`` (the
+matched-outcome checkpoint). The result's ``compute`` counts the sequences, tokens and
+seconds of the training steps (from the run's own log, so a resumed run counts once).
+
 The loss is the token-mean NLL of response tokens only (prompt tokens carry no loss),
 computed through the shared policy-gradient path with advantage 1 (``vanilla_pg``).
 """
@@ -19,8 +24,9 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -35,10 +41,12 @@ from warmstart.stages.common import (
     load_frozen,
     load_split,
     progress,
+    run_compute,
     sampled_entropy,
     teacher_forced,
     teacher_forced_nll,
 )
+from warmstart.stages.selection import Selection, observe, selection_summary
 from warmstart.thread_share import follow_share
 from warmstart.train import (
     LossConfig,
@@ -48,6 +56,9 @@ from warmstart.train import (
     open_training,
     require_set,
 )
+
+if TYPE_CHECKING:
+    from warmstart.sampler import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +73,8 @@ class SFTConfig:
         out_dir: run directory.
         arm: ``early`` (stop at the best validation) or ``over`` (run to ``over_multiple`` x the best step).
         train_split: split with the training problems.
+        train_problems: train on the first N problems of ``train_split`` (after ``families``;
+            0 = all): a finite SFT set that many epochs over-train (the study's Stage-1 arms).
         families: train only on problems whose ``meta["family"]`` is listed (empty: all).
             Stage 0 uses it to give the toy student a curriculum that leaves skills for
             Stage-1 to teach.
@@ -85,6 +98,9 @@ class SFTConfig:
         patience: validations without improvement before early stopping.
         min_delta: improvement in validation accuracy that counts.
         over_multiple: the over-trained arm runs to this multiple of the best step.
+        matched_target: selection accuracy whose first validation at or above it is kept in
+            ``matched/`` (the matched-outcome checkpoint); ``None``: none kept. The study sets it
+            from stage 0 (``[stage0] matched_fraction``).
         max_new_tokens: generation length for greedy validation.
         checkpoint_every: save a resumable checkpoint every N steps.
         max_bad_steps: abort (``TrainingDiverged``) after this many skipped updates in a row
@@ -103,6 +119,7 @@ class SFTConfig:
     out_dir: str = "runs/sft"
     arm: Literal["early", "over"] = "early"
     train_split: str = "train"
+    train_problems: int = 0
     families: tuple[str, ...] = ()
     val_split: str = "validation"
     val_problems: int = 0
@@ -119,6 +136,7 @@ class SFTConfig:
     patience: int = 3
     min_delta: float = 0.0
     over_multiple: float = 3.0
+    matched_target: float | None = None
     max_new_tokens: int = 64
     checkpoint_every: int = 50
     max_bad_steps: int = 5
@@ -134,8 +152,8 @@ class SFTConfig:
             raise ConfigError("teacher_timeout_s must be > 0 and teacher_retries >= 0")
         if self.eval_every <= 0 or self.batch_size <= 0 or self.micro_batch <= 0:
             raise ConfigError("eval_every, batch_size and micro_batch must be > 0")
-        if self.max_bad_steps < 0:
-            raise ConfigError("max_bad_steps must be >= 0")
+        if self.max_bad_steps < 0 or self.train_problems < 0:
+            raise ConfigError("max_bad_steps and train_problems must be >= 0")
 
 
 def teacher_solutions(cfg: SFTConfig, problems) -> tuple[list, list[str]]:
@@ -184,8 +202,19 @@ def teacher_solutions(cfg: SFTConfig, problems) -> tuple[list, list[str]]:
     return [p for p, _ in kept], [t for _, t in kept]
 
 
-def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, stage: str = "sft") -> dict:
-    """Run SFT; returns the result dict also written to ``<out_dir>/result.json``."""
+def train_sft(
+    cfg: SFTConfig,
+    resume: bool = False,
+    show_progress: bool = True,
+    stage: str = "sft",
+    stop_rule: Callable[[Sampler, int], dict] | None = None,
+) -> dict:
+    """Run SFT; returns the result dict also written to ``<out_dir>/result.json``.
+
+    ``stop_rule(sampler, step)`` (stage 0's stop on the student alone) is asked at every
+    validation; it returns a dict logged under ``stop_rule`` in the metrics row, whose
+    ``stop`` True ends the run at that step (the last such dict is the result's ``stop_rule``).
+    """
     require_set(cfg, stage, "init", "data")
     if cfg.solutions == "teacher" and not cfg.teacher:
         raise ConfigError(f"{stage}: solutions = 'teacher' needs a teacher checkpoint (teacher is not set)")
@@ -199,6 +228,8 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
             raise ConfigError(
                 f"no {cfg.train_split!r} problem of families {list(cfg.families)} in {cfg.data}"
             )
+    if cfg.train_problems:
+        train = train[: cfg.train_problems]
     val = load_split(cfg.data, cfg.val_split, cfg.val_problems or None)
     if cfg.solutions == "teacher":
         items_p, items_t = teacher_solutions(cfg, train)
@@ -216,19 +247,48 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
         cfg.max_steps,
         parallel=cfg.parallel,
     )
-    best = extra.get("best", {"step": 0, "acc": -1.0, "loss": float("inf")})
-    bad_evals = extra.get("bad_evals", 0)
-    stop_at = extra.get("stop_at", cfg.max_steps)
+    sel = (
+        Selection.from_dict(extra["selection"]) if "selection" in extra else Selection(stop_at=cfg.max_steps)
+    )
+    stopped = extra.get("stopped")  # the stop rule's last answer
     sampler = make_sampler(cfg.rollout, policy.model, policy.processor)
+
+    def validate(step: int) -> dict:
+        """Validate at ``step``: log fields, and save best/ and matched/ as the rule decides."""
+        nonlocal sel, stopped
+        acc = greedy_accuracy(sampler, val, cfg.max_new_tokens)
+        nll = teacher_forced_nll(policy.model, policy.processor, val)
+        # policy entropy of T=1 samples on the validation prompts (the trajectory the study plots)
+        ent = sampled_entropy(sampler, val, cfg.max_new_tokens, seed=cfg.seed)
+        d = observe(
+            sel,
+            step,
+            acc,
+            nll,
+            arm=cfg.arm,
+            patience=cfg.patience,
+            min_delta=cfg.min_delta,
+            over_multiple=cfg.over_multiple,
+            max_steps=cfg.max_steps,
+            matched_target=cfg.matched_target,
+        )
+        sel = d.selection
+        if d.save_best:
+            run.save_model(policy, "best")
+        if d.save_matched:
+            run.save_model(policy, "matched")
+        fields = {"val_accuracy": acc, "val_loss": nll, "entropy": ent}
+        if stop_rule is not None:
+            stopped = stop_rule(sampler, step)
+            fields["stop_rule"] = stopped
+            if stopped.get("stop"):
+                sel = replace(sel, stop_at=step)
+        return fields
+
     if trainer.step == 0:  # validation of the init, so "best" can be the starting point
-        acc0 = greedy_accuracy(sampler, val, cfg.max_new_tokens)
-        nll0 = teacher_forced_nll(policy.model, policy.processor, val)
-        ent0 = sampled_entropy(sampler, val, cfg.max_new_tokens, seed=cfg.seed)
-        run.log(0, val_accuracy=acc0, val_loss=nll0, entropy=ent0)
-        best = {"step": 0, "acc": acc0, "loss": nll0}
-        run.save_model(policy, "best")
-    with progress(f"{stage}[{cfg.arm}]", stop_at, trainer.step, show_progress) as bar:
-        while trainer.step < stop_at:
+        run.log(0, **validate(0))
+    with progress(f"{stage}[{cfg.arm}]", sel.stop_at, trainer.step, show_progress) as bar:
+        while trainer.step < sel.stop_at:
             follow_share()  # the study scheduler's thread share (no-op outside a study)
             t0 = time.perf_counter()  # step_time_s: this step's batch + update, never a validation
             idx = batch_indices(len(items_p), cfg.batch_size, trainer.step, cfg.seed)
@@ -241,48 +301,30 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
                 "lr": st.lr,
                 "grad_norm": st.grad_norm,
                 "tokens": st.num_tokens,
+                "sequences": len(idx),
                 "step_time_s": time.perf_counter() - t0,
             }
-            if trainer.step % cfg.eval_every == 0 or trainer.step == stop_at:
-                acc = greedy_accuracy(sampler, val, cfg.max_new_tokens)
-                nll = teacher_forced_nll(policy.model, policy.processor, val)
-                # policy entropy of T=1 samples on the validation prompts (the trajectory the study plots)
-                ent = sampled_entropy(sampler, val, cfg.max_new_tokens, seed=cfg.seed)
-                row.update(val_accuracy=acc, val_loss=nll, entropy=ent)
-                # better = higher accuracy; ties broken by lower validation loss
-                if acc > best["acc"] + cfg.min_delta or (
-                    acc >= best["acc"] and nll < best["loss"] and acc == best["acc"]
-                ):
-                    best = {"step": trainer.step, "acc": acc, "loss": nll}
-                    bad_evals = 0
-                    run.save_model(policy, "best")
-                else:
-                    bad_evals += 1
-                if bad_evals >= cfg.patience and stop_at == cfg.max_steps:
-                    if cfg.arm == "early":
-                        stop_at = trainer.step
-                    else:
-                        stop_at = min(
-                            cfg.max_steps,
-                            max(trainer.step, int(round(cfg.over_multiple * max(best["step"], 1)))),
-                        )
-                    bar(0)
+            if trainer.step % cfg.eval_every == 0 or trainer.step == sel.stop_at:
+                before = sel.stop_at
+                row.update(validate(trainer.step))
+                if sel.stop_at != before:
+                    bar(0, total=sel.stop_at)
             run.log(trainer.step, **row)
             bar(1, loss=st.pg_loss, **({"val_acc": row["val_accuracy"]} if "val_accuracy" in row else {}))
             trainer.abort_if_diverging(cfg.max_bad_steps)
-            if trainer.step % cfg.checkpoint_every == 0 and trainer.step < stop_at:
+            if trainer.step % cfg.checkpoint_every == 0 and trainer.step < sel.stop_at:
                 run.save_checkpoint(
                     trainer,
                     policy.processor,
-                    extra={"best": best, "bad_evals": bad_evals, "stop_at": stop_at},
+                    extra={"selection": sel.to_dict(), "stopped": stopped},
                 )
     if cfg.arm == "over":
         run.save_model(policy, "final")
     result = {
         "arm": cfg.arm,
-        "best_step": best["step"],
-        "best_val_accuracy": best["acc"],
-        "best_val_loss": best["loss"],
+        "best_step": sel.best_step,
+        "best_val_accuracy": sel.best_acc,
+        "best_val_loss": sel.best_loss,
         "steps": trainer.step,
         "over_multiple": cfg.over_multiple,
         "model": str(run.root / ("final" if cfg.arm == "over" else "best")),
@@ -290,6 +332,9 @@ def train_sft(cfg: SFTConfig, resume: bool = False, show_progress: bool = True, 
         "n_train_items": len(items_p),
         "val_split": cfg.val_split,
         "val_problems": len(val),
+        "selection": selection_summary(sel, cfg, trainer.step),
+        "compute": run_compute(run.root / "metrics.jsonl"),
+        **({"stop_rule": stopped} if stop_rule is not None else {}),
     }
     return run.finish(result)
 

@@ -32,8 +32,9 @@ class Stage1Method:
     Attributes:
         config: the stage's config class (the type of the arm's table).
         train: the stage's entry point, ``train(cfg, resume=..., show_progress=...) -> dict``.
-        checkpoints: the checkpoints a run leaves that an arm may be: ``final`` (last
-            weights) and, where the stage keeps its best validation checkpoint, ``best``.
+        checkpoints: the checkpoints a run leaves that an arm may be, given its config:
+            ``final`` (last weights) and, where the run selects by validation, ``best``
+            (early-stopped) and ``matched`` (first to reach the matched-outcome target).
         total: the run's optimizer steps (the progress bar's length).
         needs_teacher: whether a run with this config reads the study's teacher.
         for_checkpoints: the config of the run whose arms read ``checkpoints`` (a set of
@@ -42,17 +43,19 @@ class Stage1Method:
 
     config: type
     train: Callable[..., dict]
-    checkpoints: frozenset[str]
+    checkpoints: Callable[[Any], frozenset[str]]
     total: Callable[[Any], int]
     needs_teacher: Callable[[Any], bool]
     for_checkpoints: Callable[[Any, frozenset[str]], Any]
 
 
+_SELECTED = frozenset({"best", "final", "matched"})
+
 METHODS: dict[str, Stage1Method] = {
     "sft": Stage1Method(
         config=SFTConfig,
         train=train_sft,
-        checkpoints=frozenset({"best", "final"}),
+        checkpoints=lambda c: _SELECTED,
         total=lambda c: c.max_steps,
         needs_teacher=lambda c: c.solutions == "teacher",
         for_checkpoints=lambda c, cks: replace(c, arm="over" if "final" in cks else "early"),
@@ -60,10 +63,12 @@ METHODS: dict[str, Stage1Method] = {
     "opd": Stage1Method(
         config=OPDConfig,
         train=train_opd,
-        checkpoints=frozenset({"final"}),
+        checkpoints=lambda c: _SELECTED if c.eval_every else frozenset({"final"}),
         total=lambda c: c.steps,
         needs_teacher=lambda c: True,
-        for_checkpoints=lambda c, cks: c,
+        for_checkpoints=lambda c, cks: (
+            replace(c, arm="over" if "final" in cks else "early") if c.eval_every else c
+        ),
     ),
 }
 
@@ -84,7 +89,15 @@ class ArmConfig:
         label: its row label in the report, e.g. ``SFT (early-stopped)``.
         method: the Stage-1 method, a key of :data:`METHODS` (``sft`` or ``opd``).
         checkpoint: which checkpoint of the Stage-1 run is the arm: ``final`` (the last
-            weights) or ``best`` (the best validation checkpoint: SFT's early-stopped arm).
+            weights: the over-trained arm of a selected run), ``best`` (the best validation
+            checkpoint: the early-stopped arm) or ``matched`` (the first validation at or above
+            the matched-outcome target of ``[stage0]``; an arm that never gets there is
+            reported as not reached). ``best`` and ``matched`` need a run that validates (OPD:
+            ``eval_every`` > 0).
+        same_as: (read from the file only) another, earlier arm whose method and method table
+            this arm shares: the arms of one run (early / over / matched) say so once.
+        grpo: whether the arm gets a Stage-2 run (``<name>+grpo``); ``false``: Stage-1 only
+            (evaluated, not trained further). Matched arms must set it false.
         sft: the settings of ``method = "sft"`` (an ``SFTConfig`` table; empty: its
             defaults). The study sets ``init``, ``data``, ``train_split``, ``teacher``,
             ``out_dir``, ``rollout`` and ``arm`` (``over`` when an arm reads the run's
@@ -97,7 +110,8 @@ class ArmConfig:
     name: str
     label: str
     method: str
-    checkpoint: Literal["best", "final"] = "final"
+    checkpoint: Literal["best", "final", "matched"] = "final"
+    grpo: bool = True
     sft: SFTConfig | None = None
     opd: OPDConfig | None = None
 
@@ -111,12 +125,19 @@ class ArmConfig:
         for other in METHODS:
             if other != self.method and getattr(self, other) is not None:
                 raise ConfigError(f"arm {self.name}: a [{other}] table on a method = {self.method!r} arm")
-        if self.checkpoint not in METHODS[self.method].checkpoints:
-            raise ConfigError(
-                f"arm {self.name}: checkpoint {self.checkpoint!r}: a {self.method} run leaves only "
-                f"{sorted(METHODS[self.method].checkpoints)}"
-            )
         stage = self.stage
+        leaves = METHODS[self.method].checkpoints(stage)
+        if self.checkpoint not in leaves:
+            raise ConfigError(
+                f"arm {self.name}: checkpoint {self.checkpoint!r}: this {self.method} run leaves only "
+                f"{sorted(leaves)}"
+                + ("" if self.method != "opd" else " (best/matched need opd.eval_every > 0)")
+            )
+        if self.checkpoint == "matched" and self.grpo:
+            raise ConfigError(
+                f"arm {self.name}: a matched arm may not exist (never reached), so it has no Stage-2 "
+                "run: set grpo = false"
+            )
         for key in ("init", "data", "teacher"):
             if getattr(stage, key, None):
                 raise ConfigError(f"arm {self.name}: {self.method}.{key} is set by the study; remove it")

@@ -20,6 +20,7 @@ from warmstart.sampler import RolloutConfig
 from warmstart.stages.grpo import GRPOConfig
 from warmstart.stages.pretrain import PretrainConfig
 from warmstart.study.arms import ArmConfig, stage1_runs
+from warmstart.study.stage0 import Stage0Check
 
 __all__ = [
     "GRPO_PRESETS",
@@ -185,6 +186,16 @@ class StudyConfig:
         teacher: the teacher (OPD, and teacher-generated SFT solutions if chosen).
         arm: the Stage-1 arms (``[[arm]]`` tables), in report order; the first is the
             reference arm of paired differences. Each gets a Stage-2 run from its checkpoint.
+        stage0: the stage-0 check (``[stage0]``): the teacher clearly stronger than the base
+            student on every family, and the matched-outcome target; ``None``: no check (and
+            no ``checkpoint = "matched"`` arm).
+        lr_grid: learning rates every Stage-1 run is trained at (the same grid for every
+            method); each run's learning rate is the one whose best selection accuracy is
+            highest (ties: the smaller), chosen on seed 0 and kept for the other seeds.
+            Empty: each arm's own ``optim.lr``.
+        seeds: training seeds of every arm (Stage-1 and its Stage-2): seed 0 is the arm
+            itself, seed k > 0 the replica ``<arm>@s<k>`` with every stage seed + k (the
+            same base student, teacher and data). The report pools replicas per problem.
         grpo: Stage-2 settings, the same for every arm (the study sets ``init``,
             ``data``, ``train_split``, ``out_dir`` and ``rollout``).
         grpo_preset: named Stage-2 preset (``geo3k-easyr1``) or empty; the ``[grpo]``
@@ -201,6 +212,9 @@ class StudyConfig:
     student: ModelSource = field(default_factory=ModelSource)
     teacher: ModelSource = field(default_factory=ModelSource)
     arm: tuple[ArmConfig, ...] = ()
+    stage0: Stage0Check | None = None
+    lr_grid: tuple[float, ...] = ()
+    seeds: int = 1
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     grpo_preset: str = ""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -226,6 +240,15 @@ class StudyConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f"arm names must be unique, got {names}")
         stage1_runs(self.arm)  # raises on two arms that are the same model
+        if self.seeds < 1:
+            raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
+        if any(not lr > 0 for lr in self.lr_grid) or len(set(self.lr_grid)) != len(self.lr_grid):
+            raise ConfigError(f"lr_grid must list distinct learning rates > 0, got {list(self.lr_grid)}")
+        matched = [a.name for a in self.arm if a.checkpoint == "matched"]
+        if matched and self.stage0 is None:
+            raise ConfigError(
+                f"arm(s) {matched}: checkpoint 'matched' needs a [stage0] table (it sets the target)"
+            )
         # The study-level [rollout] is the engine of every stage: a stage's own table would be ignored.
         tables = [(f"arm {a.name}: {a.method}", a.stage) for a in self.arm] + [("grpo", self.grpo)]
         tables += [(f"{w}.pretrain", getattr(self, w).pretrain) for w in ("student", "teacher")]
@@ -298,8 +321,49 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def resolve_same_as(arms: list[Any]) -> list[Any]:
+    """``[[arm]]`` tables with ``same_as = "<arm>"`` given that arm's method and method table.
+
+    Arms read from one run (early / over / matched) share its settings; ``same_as`` says
+    so once instead of repeating the table. The named arm must come earlier and have its
+    own table; an arm with ``same_as`` may not have a method table of its own.
+    """
+    out: list[Any] = []
+    by_name: dict[str, dict] = {}
+    for i, arm in enumerate(arms):
+        if not isinstance(arm, dict) or "same_as" not in arm:
+            out.append(arm)
+            if isinstance(arm, dict) and "name" in arm:
+                by_name[arm["name"]] = arm
+            continue
+        ref = arm["same_as"]
+        src = by_name.get(ref)
+        where = f"arm[{i}] ({arm.get('name', '?')})"
+        if src is None:
+            raise ConfigError(
+                f"{where}: same_as = {ref!r} names no earlier [[arm]]; earlier: {sorted(by_name)}"
+            )
+        method = src.get("method")
+        if arm.get("method", method) != method:
+            raise ConfigError(
+                f"{where}: same_as = {ref!r} is a {method} arm, this one says {arm['method']!r}"
+            )
+        own = [k for k in ("sft", "opd") if k in arm]
+        if own:
+            raise ConfigError(f"{where}: same_as = {ref!r} gives the [{own[0]}] table; remove this arm's own")
+        new = {k: v for k, v in arm.items() if k != "same_as"}
+        new["method"] = method
+        if method in src:
+            new[method] = src[method]
+        out.append(new)
+        by_name[new.get("name", "?")] = new
+    return out
+
+
 def parse_study(data: dict[str, Any]) -> StudyConfig:
-    """The study from a TOML-shaped dict: the ``[grpo]`` table merged over ``grpo_preset``."""
+    """The study from a TOML-shaped dict: ``same_as`` arms resolved, ``[grpo]`` merged over ``grpo_preset``."""
+    if isinstance(data.get("arm"), list):
+        data = {**data, "arm": resolve_same_as(data["arm"])}
     preset = data.get("grpo_preset", "")
     if preset and preset not in GRPO_PRESETS:
         raise ConfigError(f"grpo_preset {preset!r} is not one of {sorted(GRPO_PRESETS)}")
@@ -308,9 +372,30 @@ def parse_study(data: dict[str, Any]) -> StudyConfig:
     return from_dict(StudyConfig, data)
 
 
-def load_study(path: str | Path) -> StudyConfig:
-    """Read a study TOML file (errors name the file and the dotted key)."""
+def read_study_toml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A study file's dict, with ``extends = "<file>"`` (a path relative to it) merged under it.
+
+    The file's own tables override the extended file's key by key (:func:`deep_merge`);
+    a list (``[[arm]]``, ``lr_grid``) given in the file replaces the extended one whole.
+    """
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: extends makes a cycle: {' -> '.join(map(str, (*_seen, path)))}")
     data = read_toml(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends must be a file name (a string), got {base!r}")
+    target = (path.parent / base).resolve()
+    if not target.is_file():
+        raise ConfigError(f"{path}: extends = {base!r}: no such file {target}")
+    return deep_merge(read_study_toml(target, (*_seen, path)), data)
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read a study TOML file (``extends`` resolved; errors name the file and the dotted key)."""
+    data = read_study_toml(path)
     try:
         return parse_study(data)
     except ConfigError as e:

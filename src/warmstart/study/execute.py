@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.atomic import atomic_write_text
-from warmstart.config import ConfigError
+from warmstart.config import ConfigError, replace
 from warmstart.study.arms import METHODS
 from warmstart.study.config import StudyConfig
-from warmstart.study.plan import Step, plan
+from warmstart.study.plan import EvalJob, SelectJob, Stage1Job, Step, plan
 
 __all__ = [
     "RunDirBusy",
@@ -37,6 +37,11 @@ __all__ = [
     "run_lock",
     "run_step",
     "started_marker",
+    "choose_lr",
+    "not_reached",
+    "runtime_config",
+    "select_lr",
+    "write_arm_view",
     "write_best_arm",
     "write_early_arm",
 ]
@@ -80,10 +85,17 @@ def run_step(step: Step, threads: int, show_progress: bool = False) -> dict:
         from warmstart.stages.pretrain import pretrain
 
         result = pretrain(job, resume=resume, show_progress=show_progress)
+    elif step.kind == "stage0":
+        from warmstart.study.stage0 import run_stage0
+
+        result = run_stage0(job, step.out)
     elif step.kind == "stage1":
-        result = METHODS[job.method].train(job.config, resume=resume, show_progress=show_progress)
-        for arm_dir in job.best_arms:
-            write_best_arm(step.out, Path(arm_dir), result)
+        config = runtime_config(job)
+        result = METHODS[job.method].train(config, resume=resume, show_progress=show_progress)
+        for arm_dir, checkpoint in job.arm_views:
+            write_arm_view(step.out, Path(arm_dir), result, checkpoint)
+    elif step.kind == "select":
+        result = select_lr(job, step.out)
     elif step.kind == "grpo":
         from warmstart.stages.grpo import train_grpo
 
@@ -91,7 +103,12 @@ def run_step(step: Step, threads: int, show_progress: bool = False) -> dict:
     elif step.kind == "eval":
         from warmstart.evaluate import evaluate_to_file
 
-        result = evaluate_to_file(out=step.out, show_progress=show_progress, **job.arguments())
+        unreached = not_reached(job)
+        if unreached is not None:
+            atomic_write_text(step.out, json.dumps(unreached, indent=2))
+            result = unreached
+        else:
+            result = evaluate_to_file(out=step.out, show_progress=show_progress, **job.arguments())
     elif step.kind == "report":
         from warmstart.report import build_report
 
@@ -131,23 +148,135 @@ def thread_shares(running: list[str], jobs: int, threads_per_job: int) -> dict[s
     return {name: base + (1 if i < extra else 0) for i, name in enumerate(running)}
 
 
-def write_best_arm(run_dir: Path, arm_dir: Path, result: dict) -> None:
-    """Give an arm that is a run's ``best/`` its own folder: the run's training log up to the best step.
+def runtime_config(job: Stage1Job) -> Any:
+    """A Stage-1 job's config with what is known only at run time filled in.
 
-    The over-trained SFT run passes through the early arm's best checkpoint (``best/``,
-    the same weights a standalone early run would keep: same seed, same data order),
-    so the study trains SFT once and reads both arms from it.
+    ``matched_target`` from stage 0's ``stage0.json``, the learning rate from the
+    ``select`` step's ``grid.json`` (the replicas of a grid's chosen rate).
     """
-    rows = [ln for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    keep = [ln for ln in rows if json.loads(ln)["step"] <= result["best_step"]]
-    atomic_write_text(arm_dir / "metrics.jsonl", "".join(ln + "\n" for ln in keep))
+    config = job.config
+    if job.matched_from:
+        target = json.loads(Path(job.matched_from).read_text())["matched_target"]
+        config = replace(config, matched_target=float(target))
+    if job.lr_from:
+        lr = json.loads(Path(job.lr_from).read_text())["chosen_lr"]
+        config = replace(config, optim=replace(config.optim, lr=float(lr)))
+    return config
+
+
+_VIEW_STEP = {"best": "best_step", "matched": "matched_step"}
+
+
+def write_arm_view(run_dir: Path, arm_dir: Path, result: dict, checkpoint: str = "best") -> None:
+    """Give an arm that is one of a run's checkpoints its own folder: the run's log up to that step.
+
+    The over-trained run passes through the early arm's best checkpoint (``best/``, the
+    same weights a standalone early run would keep: same seed, same data order) and the
+    matched-outcome one (``matched/``), so the study trains each recipe once and reads
+    every arm from it. A matched checkpoint never reached gets ``reached: false`` and no
+    log.
+    """
+    selection = result.get("selection", {})
+    step = result.get("best_step") if checkpoint == "best" else selection.get(_VIEW_STEP[checkpoint])
     info = {
         "derived_from": str(run_dir),
-        "model": result["early_model"],
-        "best_step": result["best_step"],
-        "best_val_accuracy": result["best_val_accuracy"],
+        "checkpoint": checkpoint,
+        "model": str(run_dir / checkpoint),
+        "step": step,
+        "reached": step is not None,
+        "best_step": result.get("best_step"),
+        "best_val_accuracy": result.get("best_val_accuracy"),
+        **({"selection": selection} if selection else {}),
+        **({"compute": result["compute"]} if "compute" in result else {}),
     }
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    if step is not None:
+        rows = [ln for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        keep = [ln for ln in rows if json.loads(ln)["step"] <= step]
+        atomic_write_text(arm_dir / "metrics.jsonl", "".join(ln + "\n" for ln in keep))
     atomic_write_text(arm_dir / "result.json", json.dumps(info, indent=2))
+
+
+def write_best_arm(run_dir: Path, arm_dir: Path, result: dict) -> None:
+    """:func:`write_arm_view` of the ``best/`` checkpoint (the early-stopped arm)."""
+    write_arm_view(run_dir, arm_dir, result, "best")
+
+
+SELECT_RULE = "highest best selection accuracy; ties: the smaller lr"
+
+
+def choose_lr(runs: list[dict]) -> dict:
+    """The grid run :data:`SELECT_RULE` picks from ``[{"lr", "best_accuracy", ...}]`` (pure)."""
+    return max(runs, key=lambda r: (r["best_accuracy"], -r["lr"]))
+
+
+def select_lr(job: SelectJob, out: Path) -> dict:
+    """Pick a grid's learning rate; link its checkpoints and copy its log and result beside the grid.
+
+    ``out`` is ``stage1/<run>/grid.json``; ``stage1/<run>/{best,final,matched}`` become
+    links to the chosen run's, and its ``metrics.jsonl`` and ``result.json`` are copied
+    there (the arm's folder then looks like a run trained at that rate alone).
+    """
+    home = out.parent
+    runs = []
+    for lr, run_dir in zip(job.lrs, job.runs):
+        res = json.loads((Path(run_dir) / "result.json").read_text())
+        sel = res.get("selection", {})
+        runs.append(
+            {
+                "lr": lr,
+                "dir": Path(run_dir).name,
+                "best_step": res.get("best_step"),
+                "best_accuracy": res.get("best_val_accuracy"),
+                "over_step": sel.get("over_step"),
+                "matched_step": sel.get("matched_step"),
+                "sequences": res.get("compute", {}).get("sequences"),
+                "seconds": res.get("compute", {}).get("seconds"),
+            }
+        )
+    chosen = choose_lr(runs)
+    src = home / chosen["dir"]
+    for ck in ("best", "final", "matched"):
+        link = home / ck
+        if link.is_symlink() or link.exists():
+            link.unlink() if link.is_symlink() else shutil.rmtree(link)
+        if (src / ck).exists():
+            link.symlink_to(Path(chosen["dir"]) / ck, target_is_directory=True)
+    for name in ("metrics.jsonl", "config.json"):
+        if (src / name).exists():
+            shutil.copyfile(src / name, home / name)
+    result = json.loads((src / "result.json").read_text())
+    result.update(
+        model=str(home / "final"), early_model=str(home / "best"), chosen_lr=chosen["lr"], grid=runs
+    )
+    atomic_write_text(home / "result.json", json.dumps(result, indent=2))
+    for arm_dir, checkpoint in job.arm_views:
+        write_arm_view(home, Path(arm_dir), result, checkpoint)
+    grid = {"rule": SELECT_RULE, "chosen_lr": chosen["lr"], "runs": runs}
+    atomic_write_text(out, json.dumps(grid, indent=2))
+    return grid
+
+
+def not_reached(job: EvalJob) -> dict | None:
+    """The eval record of a matched arm whose checkpoint was never reached, else ``None``."""
+    if not job.not_reached_from:
+        return None
+    res = json.loads(Path(job.not_reached_from).read_text())
+    sel = res.get("selection", {})
+    if sel.get("matched_step") is not None:
+        return None
+    target = sel.get("matched_target")
+    return {
+        "not_reached": True,
+        "model_name": job.model_name,
+        "target": target,
+        "reason": (
+            f"selection accuracy never reached {target:.3f} (best {sel.get('best_accuracy', float('nan')):.3f} "
+            f"at step {sel.get('best_step')})"
+            if target is not None
+            else "the run kept no matched checkpoint"
+        ),
+    }
 
 
 write_early_arm = write_best_arm  # the name before arms were data

@@ -4,6 +4,13 @@ Everything about an arm derives from its ``[[arm]]`` entry here: its Stage-1 run
 (shared with the arms of the same method and settings), its folders
 ``stage1/<name>`` and ``stage2/<name>``, its GRPO step and its eval models
 ``<name>`` and ``<name>+grpo``.
+
+With ``[stage0]`` a ``stage0`` step checks both models before any Stage-1 run (and
+fixes the matched-outcome target). With ``lr_grid`` each Stage-1 run is one step per
+learning rate (``stage1:<run>@lr<lr>``, folders ``stage1/<run>/lr<lr>``) and a
+``select:<run>`` step that picks the rate and links its checkpoints into
+``stage1/<run>``. With ``seeds`` = S every arm has S - 1 replicas ``<arm>@s<k>``
+(steps ``stage1:<run>@s<k>``, ``grpo:<arm>@s<k>``; the chosen rate of seed 0).
 """
 
 from __future__ import annotations
@@ -12,13 +19,35 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from warmstart.config import config_hash, replace, to_dict
+from warmstart.config import ConfigError, config_hash, replace, to_dict
+from warmstart.data.synthetic import GENERATOR_VERSION
 from warmstart.evaluate import EvalSettings
 from warmstart.evaluate_schema import BLANK_SPLIT
 from warmstart.study.arms import METHODS, Stage1Run, stage1_runs
 from warmstart.study.config import SplitRef, StudyConfig
+from warmstart.study.stage0 import Stage0Job
 
-__all__ = ["EvalJob", "Stage1Job", "Step", "plan", "takes_parallel", "with_parallel"]
+__all__ = [
+    "EvalJob",
+    "SelectJob",
+    "Stage1Job",
+    "Step",
+    "lr_name",
+    "plan",
+    "replica",
+    "takes_parallel",
+    "with_parallel",
+]
+
+
+def replica(name: str, k: int) -> str:
+    """The name of seed ``k`` of an arm or run: itself for 0, ``<name>@s<k>`` otherwise."""
+    return name if k == 0 else f"{name}@s{k}"
+
+
+def lr_name(lr: float) -> str:
+    """The folder of one learning rate of a grid: ``lr0.001``."""
+    return f"lr{lr:g}"
 
 
 def with_parallel(cfg: Any, parallel: Any) -> Any:
@@ -45,13 +74,35 @@ class Stage1Job:
     Attributes:
         method: the Stage-1 method (a key of :data:`~warmstart.study.arms.METHODS`).
         config: its stage config, every path filled in (``out_dir`` is the run's folder).
-        best_arms: folders of the arms that are this run's ``best/`` checkpoint and live
-            apart from it; each gets the run's training log up to the best step.
+        arm_views: ``(folder, checkpoint)`` of the arms that are one of this run's
+            checkpoints other than ``final/`` and live apart from it (the early-stopped and
+            matched arms); each gets the run's training log up to that checkpoint's step.
+        matched_from: ``stage0.json`` whose ``matched_target`` the run's config takes when it
+            starts (known only after stage 0); empty: none.
+        lr_from: ``grid.json`` of a ``select`` step whose ``chosen_lr`` the run trains at
+            (the seed replicas of a grid); empty: the config's own.
     """
 
     method: str
     config: Any
-    best_arms: tuple[str, ...] = ()
+    arm_views: tuple[tuple[str, str], ...] = ()
+    matched_from: str = ""
+    lr_from: str = ""
+
+
+@dataclass(frozen=True)
+class SelectJob:
+    """The learning-rate choice of one Stage-1 run trained on a grid.
+
+    Attributes:
+        lrs: the grid.
+        runs: the folders of its runs, in grid order.
+        arm_views: as :attr:`Stage1Job.arm_views`, written from the chosen run.
+    """
+
+    lrs: tuple[float, ...]
+    runs: tuple[str, ...]
+    arm_views: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +115,8 @@ class EvalJob:
     Attributes:
         model: checkpoint directory or hub id.
         model_name: the study's name of the model (``base``, ``teacher``, ``<arm>``, ``<arm>+grpo``).
+        not_reached_from: a matched arm's Stage-1 ``result.json``: when its checkpoint was never
+            reached, the eval writes a ``not_reached`` record instead (empty: not a matched arm).
         data: problem source (file or folder).
         split: split inside it (``None``: the whole file).
         blank_images: replace every image by a blank one (the text-only ablation).
@@ -78,10 +131,11 @@ class EvalJob:
     blank_images: bool
     settings: EvalSettings
     device: str = "cpu"
+    not_reached_from: str = ""
 
     def arguments(self) -> dict[str, Any]:
-        """The fields by name (``settings`` stays an ``EvalSettings``)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The fields by name that ``evaluate_to_file`` takes (``settings`` stays an ``EvalSettings``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "not_reached_from"}
 
 
 @dataclass
@@ -89,12 +143,14 @@ class Step:
     """One node of the DAG.
 
     Attributes:
-        name: unique name: ``data``, ``student``, ``teacher``, ``stage1:<run>``,
+        name: unique name: ``data``, ``student``, ``teacher``, ``stage0``, ``stage1:<run>``
+            (``stage1:<run>@lr<lr>``, ``stage1:<run>@s<k>``), ``select:<run>``,
             ``grpo:<arm>``, ``eval:<model>:<split>``, ``report``.
-        kind: data | pretrain | stage1 | grpo | eval | report.
+        kind: data | pretrain | stage0 | stage1 | select | grpo | eval | report.
         deps: names of the steps whose outputs it reads.
-        job: its typed settings (``SynthConfig``, ``PretrainConfig``, :class:`Stage1Job`,
-            ``GRPOConfig``, :class:`EvalJob`; ``None`` for the report).
+        job: its typed settings (``SynthConfig``, ``PretrainConfig``, ``Stage0Job``,
+            :class:`Stage1Job`, :class:`SelectJob`, ``GRPOConfig``, :class:`EvalJob`; ``None``
+            for the report).
         out: what it writes (folder or file).
         root: the study's run directory (step markers live in ``<root>/.steps``).
         key: hash of its params and its deps' keys (a change upstream redoes downstream).
@@ -153,60 +209,135 @@ def plan(cfg: StudyConfig, root: Path) -> list[Step]:
         """The step that builds ``who`` (student/teacher), when the study builds it."""
         return [] if getattr(cfg, who).path else [who]
 
-    def stage1_step(run: Stage1Run) -> Step:
+    served = teacher.startswith(("http://", "https://"))
+    local_teacher = cfg.teacher.eval_path if served else teacher
+    gate: list[str] = []  # the stage-0 check every Stage-1 run waits for
+    stage0_file = root / "stage0.json"
+    if cfg.stage0 is not None:
+        if not local_teacher:
+            raise ConfigError("[stage0] with a served teacher needs teacher.eval_path (a local checkpoint)")
+        job0 = Stage0Job(
+            student=student,
+            teacher=local_teacher,
+            data=train_path,
+            check=cfg.stage0,
+            rollout=rollout,
+            device=cfg.run.device,
+        )
+        deps0 = data_deps + needs("student") + ([] if served else needs("teacher"))
+        steps.append(Step("stage0", "stage0", deps0, job0, stage0_file))
+        gate = ["stage0"]
+
+    def views(run: Stage1Run, k: int) -> tuple[tuple[str, str], ...]:
+        """The arms of ``run`` (seed ``k``) that are one of its checkpoints and live apart from it."""
+        return tuple(
+            (str(root / "stage1" / replica(a.name, k)), a.checkpoint) for a in run.arms if a.name != run.name
+        )
+
+    def filled(run: Stage1Run, k: int, out: Path, lr: float | None = None) -> Any:
+        """The run's stage config for seed ``k`` (and learning rate ``lr``), every path filled in."""
         method = METHODS[run.method]
-        out = root / "stage1" / run.name
         reads_teacher = method.needs_teacher(run.config)
-        filled = replace(
+        cfg1 = replace(
             run.config,
             init=student,
             data=train_path,
             train_split=train_split,
             out_dir=str(out),
             rollout=rollout,
+            seed=run.config.seed + k,
             **({"teacher": teacher} if reads_teacher else {}),
         )
-        config = method.for_checkpoints(
-            with_parallel(filled, parallel), frozenset(a.checkpoint for a in run.arms)
+        if lr is not None:
+            cfg1 = replace(cfg1, optim=replace(cfg1.optim, lr=lr))
+        return method.for_checkpoints(
+            with_parallel(cfg1, parallel), frozenset(a.checkpoint for a in run.arms)
         )
-        # The arms that are the run's best/ and live apart from it (the early-stopped SFT arm).
-        best_arms = tuple(str(root / "stage1" / a.name) for a in run.arms if a.name != run.name)
-        deps = data_deps + needs("student") + (needs("teacher") if reads_teacher else [])
-        job = Stage1Job(method=run.method, config=config, best_arms=best_arms)
-        return Step(f"stage1:{run.name}", "stage1", deps, job, out, total=method.total(config))
 
-    arm_model: dict[str, str] = {}  # arm -> its Stage-1 checkpoint
-    arm_step: dict[str, str] = {}  # arm -> the step that trains it
+    def run_deps(run: Stage1Run) -> list[str]:
+        reads_teacher = METHODS[run.method].needs_teacher(run.config)
+        return data_deps + needs("student") + (needs("teacher") if reads_teacher else []) + gate
+
+    arm_model: dict[str, str] = {}  # arm (replica) -> its Stage-1 checkpoint
+    arm_step: dict[str, str] = {}  # arm (replica) -> the step that makes it
+    run_result: dict[str, str] = {}  # arm (replica) -> its run's result.json
     for run in stage1_runs(cfg.arm):
-        steps.append(stage1_step(run))
-        for a in run.arms:
-            arm_model[a.name] = str(root / "stage1" / run.name / a.checkpoint)
-            arm_step[a.name] = steps[-1].name
-    for a in cfg.arm:
-        out = root / "stage2" / a.name
+        method = METHODS[run.method]
+        matched_from = str(stage0_file) if any(a.checkpoint == "matched" for a in run.arms) else ""
+        for k in range(cfg.seeds):
+            home = root / "stage1" / replica(run.name, k)
+            if k == 0 and cfg.lr_grid:
+                members = []
+                for lr in cfg.lr_grid:
+                    out = home / lr_name(lr)
+                    config = filled(run, k, out, lr)
+                    job = Stage1Job(method=run.method, config=config, matched_from=matched_from)
+                    name = f"stage1:{run.name}@{lr_name(lr)}"
+                    steps.append(Step(name, "stage1", run_deps(run), job, out, total=method.total(config)))
+                    members.append(steps[-1])
+                sel = SelectJob(
+                    lrs=tuple(cfg.lr_grid), runs=tuple(str(m.out) for m in members), arm_views=views(run, k)
+                )
+                steps.append(
+                    Step(f"select:{run.name}", "select", [m.name for m in members], sel, home / "grid.json")
+                )
+            else:
+                lr_from = str(root / "stage1" / run.name / "grid.json") if cfg.lr_grid else ""
+                config = filled(run, k, home)
+                job = Stage1Job(
+                    method=run.method,
+                    config=config,
+                    arm_views=views(run, k),
+                    matched_from=matched_from,
+                    lr_from=lr_from,
+                )
+                deps = run_deps(run) + ([f"select:{run.name}"] if lr_from else [])
+                steps.append(
+                    Step(
+                        f"stage1:{replica(run.name, k)}",
+                        "stage1",
+                        deps,
+                        job,
+                        home,
+                        total=method.total(config),
+                    )
+                )
+            for a in run.arms:
+                name = replica(a.name, k)
+                arm_model[name] = str(home / a.checkpoint)
+                arm_step[name] = steps[-1].name
+                run_result[name] = str(home / "result.json")
+    grpo_arms = [(replica(a.name, k), k) for k in range(cfg.seeds) for a in cfg.arm if a.grpo]
+    for name, k in grpo_arms:
+        out = root / "stage2" / name
         job = with_parallel(
             replace(
                 cfg.grpo,
-                init=arm_model[a.name],
+                init=arm_model[name],
                 data=train_path,
                 train_split=train_split,
                 out_dir=str(out),
                 rollout=rollout,
+                seed=cfg.grpo.seed + k,
             ),
             parallel,
         )
-        steps.append(
-            Step(f"grpo:{a.name}", "grpo", data_deps + [arm_step[a.name]], job, out, total=job.steps)
-        )
+        steps.append(Step(f"grpo:{name}", "grpo", data_deps + [arm_step[name]], job, out, total=job.steps))
 
     models = {"base": (student, needs("student"))}
-    if not teacher.startswith(("http://", "https://")):
+    if not served:
         models["teacher"] = (teacher, needs("teacher"))
     elif cfg.teacher.eval_path:  # a served teacher is evaluated from its local checkpoint
         models["teacher"] = (cfg.teacher.eval_path, [])
-    for a in cfg.arm:
-        models[a.name] = (arm_model[a.name], [arm_step[a.name]])
-        models[f"{a.name}+grpo"] = (str(root / "stage2" / a.name / "final"), [f"grpo:{a.name}"])
+    matched_arms = {
+        replica(a.name, k) for k in range(cfg.seeds) for a in cfg.arm if a.checkpoint == "matched"
+    }
+    for k in range(cfg.seeds):
+        for a in cfg.arm:
+            name = replica(a.name, k)
+            models[name] = (arm_model[name], [arm_step[name]])
+            if a.grpo:
+                models[f"{name}+grpo"] = (str(root / "stage2" / name / "final"), [f"grpo:{name}"])
     evals = [(m, sp, ref, False) for sp, ref in (("validation", val_ref), ("ood", ood_ref)) for m in models]
     if cfg.eval.blank_ablation:  # text-only ablation of the two models trained from scratch (or given)
         evals += [(m, BLANK_SPLIT, val_ref, True) for m in ("base", "teacher") if m in models]
@@ -221,6 +352,7 @@ def plan(cfg: StudyConfig, root: Path) -> list[Step]:
             blank_images=blank,
             settings=settings,
             device=cfg.run.device,
+            not_reached_from=run_result[model] if model in matched_arms else "",
         )
         steps.append(
             Step(
@@ -235,5 +367,9 @@ def plan(cfg: StudyConfig, root: Path) -> list[Step]:
     by_name = {s.name: s for s in steps}
     for s in steps:  # keys: own params + deps' keys (so a change upstream redoes downstream)
         s.root = root
-        s.key = config_hash({"kind": s.kind, "params": s.params, "deps": [by_name[d].key for d in s.deps]})
+        # the data step also hashes the generator's version: new generator code, new world
+        gen = {"generator": GENERATOR_VERSION} if s.kind == "data" else {}
+        s.key = config_hash(
+            {"kind": s.kind, "params": s.params, "deps": [by_name[d].key for d in s.deps], **gen}
+        )
     return steps
