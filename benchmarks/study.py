@@ -39,7 +39,7 @@ def stage_of(step: str) -> str:
     if name:
         return name
     prefix = step.split(":")[0]
-    return {"grpo": "stage2", "eval": "eval"}.get(prefix, prefix)
+    return {"grpo": "stage2", "eval": "eval", "select": "stage1"}.get(prefix, prefix)
 
 
 def group(values: dict[str, float]) -> dict[str, float]:

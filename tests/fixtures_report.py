@@ -45,6 +45,10 @@ MODEL_TRAITS: dict[str, tuple[float, float, float]] = {
     "sft_early+grpo": (0.6, 2.5, 0.20),
     "sft_over+grpo": (0.4, 3.0, 0.08),
     "opd+grpo": (0.8, 2.2, 0.25),
+    # study v2's extra arms (Stage-1 only)
+    "opd_over": (0.4, 1.8, 0.28),
+    "sft_matched": (0.1, 1.6, 0.30),
+    "opd_matched": (0.1, 1.3, 0.42),
 }
 DEFAULT_TRAITS = (0.0, 1.0, 0.3)
 """Traits of a model not listed above (an arm added by a test)."""
@@ -229,7 +233,8 @@ def write_run_dir(
 
     ``arms`` (objects with ``name``, ``label``, ``method``, as the study writes them) are
     written to ``study_config.json``; without it there is no such file (a run directory
-    from before arms were configurable) and the default arms are written. Seed replicas
+    from before arms were configurable) and the default arms are written. An arm with
+    ``"grpo": false`` gets no ``+grpo`` eval files and no Stage-2 log. Seed replicas
     are arms named ``<arm>@s<k>``. ``shared_sft``: ``sft_early`` is derived from
     ``sft_over``'s run as ``study/execute.py:write_best_arm`` does (its log truncated at
     :data:`SHARED_BEST_STEP`, a ``result.json`` naming the run). ``extras``: also the
@@ -241,7 +246,10 @@ def write_run_dir(
         config = {"name": "fixture", "arm": [{**a, "config": {}} for a in arms]}
         (root / "study_config.json").write_text(json.dumps(config, indent=1))
     names = [a["name"] for a in arms] if arms is not None else [name for name, _ in DEFAULT_ARMS]
+    no_rl = {a["name"] for a in arms or [] if a.get("grpo") is False}
     for model in study_models(names):
+        if stage1_arm(model) != model and stage1_arm(model) in no_rl:
+            continue
         for split in SPLITS:
             rel = eval_relpath(model, split)
             if rel not in skip:
@@ -258,7 +266,7 @@ def write_run_dir(
         stage1 = "opd" if seed_group(arm) == "opd" else "sft"
         if rel1 not in skip and not (shared_sft and seed_group(arm) == "sft_early"):
             write_metrics_log(root / rel1, stage1, steps=40, entropy0=0.6, entropy1=ent1, seed=seed + i)
-        if rel2 not in skip:
+        if rel2 not in skip and arm not in no_rl:
             write_metrics_log(root / rel2, "grpo", steps=30, entropy0=ent1, entropy1=ent2, seed=seed + 10 + i)
     if shared_sft:
         for arm in names:
@@ -275,4 +283,245 @@ def write_run_dir(
                 "best_step": SHARED_BEST_STEP,
             }
             (root / "stage1" / arm / "result.json").write_text(json.dumps(result))
+    return root
+
+
+# ------------------------------------------------------------------------------ study v2
+
+
+def _stage_table(method: str, lr: float) -> dict:
+    return {"val_split": "test", "eval_every": 10, "seed": 0, "optim": {"lr": lr}}
+
+
+def v2_arms() -> list[dict]:
+    """The v2 toy study's arms (configs/toy.toml) as its study_config.json lists them."""
+    sft, opd = (
+        {"sft": _stage_table("sft", 1e-3), "opd": None},
+        {"sft": None, "opd": _stage_table("opd", 1e-4)},
+    )
+    return [
+        {
+            "name": "sft_early",
+            "label": "SFT (early-stopped)",
+            "method": "sft",
+            "checkpoint": "best",
+            "grpo": True,
+            **sft,
+        },
+        {
+            "name": "sft_over",
+            "label": "SFT (over-trained)",
+            "method": "sft",
+            "checkpoint": "final",
+            "grpo": True,
+            **sft,
+        },
+        {
+            "name": "opd",
+            "label": "OPD (early-stopped)",
+            "method": "opd",
+            "checkpoint": "best",
+            "grpo": True,
+            **opd,
+        },
+        {
+            "name": "opd_over",
+            "label": "OPD (over-trained)",
+            "method": "opd",
+            "checkpoint": "final",
+            "grpo": False,
+            **opd,
+        },
+        {
+            "name": "sft_matched",
+            "label": "SFT (matched)",
+            "method": "sft",
+            "checkpoint": "matched",
+            "grpo": False,
+            **sft,
+        },
+        {
+            "name": "opd_matched",
+            "label": "OPD (matched)",
+            "method": "opd",
+            "checkpoint": "matched",
+            "grpo": False,
+            **opd,
+        },
+    ]
+
+
+MATCHED_TARGET = 0.465
+"""The fixture's stage-0 matched-outcome target: 0.31 + 0.5 x (0.62 - 0.31)."""
+SFT_SELECTION = {
+    "split": "test",
+    "every": 10,
+    "patience": 2,
+    "over_multiple": 2.0,
+    "best_step": 20,
+    "best_accuracy": 0.5,
+    "early_end": 30,
+    "over_step": 39,
+    "matched_step": 10,
+    "matched_target": MATCHED_TARGET,
+}
+OPD_SELECTION = {**SFT_SELECTION, "best_step": 20, "best_accuracy": 0.41, "matched_step": None}
+SFT_COMPUTE = {"steps": 39, "sequences": 1248, "tokens": 74880, "seconds": 41.5}
+OPD_COMPUTE = {"steps": 39, "sequences": 1248, "tokens": 59904, "seconds": 88.25}
+SFT_GRID = {
+    "rule": "highest best selection accuracy; ties: the smaller lr",
+    "chosen_lr": 0.001,
+    "runs": [
+        {
+            "lr": 0.0003,
+            "dir": "lr0.0003",
+            "best_step": 30,
+            "best_accuracy": 0.41,
+            "over_step": 39,
+            "matched_step": None,
+            "sequences": 1248,
+            "seconds": 40.0,
+        },
+        {
+            "lr": 0.001,
+            "dir": "lr0.001",
+            "best_step": 20,
+            "best_accuracy": 0.5,
+            "over_step": 39,
+            "matched_step": 10,
+            "sequences": 1248,
+            "tokens": 74880,
+            "seconds": 41.5,
+        },
+    ],
+}
+
+OPD_GRID = {
+    "rule": SFT_GRID["rule"],
+    "chosen_lr": 0.0003,
+    "runs": [
+        {**SFT_GRID["runs"][0], "best_step": 20, "best_accuracy": 0.41, "tokens": 59904, "seconds": 88.25},
+        {
+            **SFT_GRID["runs"][1],
+            "best_step": 10,
+            "best_accuracy": 0.38,
+            "matched_step": None,
+            "seconds": 90.0,
+        },
+    ],
+}
+"""OPD's grid: the smaller rate wins (0.41 against 0.38); the chosen run's compute is :data:`OPD_COMPUTE`."""
+
+
+def stage0_record(ok: bool = True, stop_reached: bool = True) -> dict:
+    """A ``stage0.json`` in the study's format; ``ok=False``: the teacher leads ``angle`` by 10 pp only."""
+    fams = {
+        "perimeter": {"n": 100, "student": 0.30, "teacher": 0.60},
+        "area": {"n": 100, "student": 0.35, "teacher": 0.70},
+        "angle": {"n": 100, "student": 0.28, "teacher": 0.56 if ok else 0.38},
+    }
+    for row in fams.values():
+        row["gap"] = row["teacher"] - row["student"]
+        row["ok"] = row["gap"] >= 0.15
+    teacher = sum(r["teacher"] for r in fams.values()) / 3
+    student = sum(r["student"] for r in fams.values()) / 3
+    return {
+        "split": "test",
+        "problems": 300,
+        "rule": {"min_teacher_gap": 0.15, "matched_fraction": 0.5},
+        "student": {"greedy": student, "model": "models/student/final"},
+        "teacher": {"greedy": teacher, "model": "models/teacher/final"},
+        "families": fams,
+        "ok": all(r["ok"] for r in fams.values()),
+        "matched_target": student + 0.5 * (teacher - student),
+        "student_stop": {
+            "rule": "first eval with every family's pass@8 >= 0.30 on split test",
+            "step": 250 if stop_reached else 800,
+            "reached": stop_reached,
+            "per_family_pass_at_k": {
+                "perimeter": 0.41,
+                "area": 0.52,
+                "angle": 0.33 if stop_reached else 0.22,
+            },
+            "k": 8,
+        },
+    }
+
+
+def _arm_view(root: Path, home: str, arm: str, checkpoint: str, result: dict) -> None:
+    """``stage1/<arm>/`` as ``study/execute.py:write_arm_view`` writes it: the run's log up to the step."""
+    sel = result["selection"]
+    step = sel["best_step"] if checkpoint == "best" else sel["matched_step"]
+    info = {
+        "derived_from": f"/elsewhere/run/stage1/{home}",
+        "checkpoint": checkpoint,
+        "model": f"/elsewhere/run/stage1/{home}/{checkpoint}",
+        "step": step,
+        "reached": step is not None,
+        "best_step": result["best_step"],
+        "best_val_accuracy": result["best_val_accuracy"],
+        "selection": sel,
+        "compute": result["compute"],
+    }
+    log = root / metrics_relpath(1, arm)
+    log.unlink(missing_ok=True)
+    if step is not None:
+        rows = (root / metrics_relpath(1, home)).read_text().splitlines()
+        log.write_text("".join(ln + "\n" for ln in rows if json.loads(ln)["step"] <= step))
+    (root / "stage1" / arm).mkdir(parents=True, exist_ok=True)
+    (root / "stage1" / arm / "result.json").write_text(json.dumps(info, indent=1))
+
+
+def write_v2_run_dir(
+    root: Path,
+    P: int = 24,
+    n: int = 8,
+    B: int = 300,
+    stage0: dict | None = None,
+    grid: bool = True,
+) -> Path:
+    """A study-v2 run directory: the six v2 arms, stage0.json, Stage-1 results with selection and compute.
+
+    Two Stage-1 runs as the study trains them: ``sft_over`` (arms sft_early = best,
+    sft_matched = matched, at step :data:`SFT_SELECTION`'s) with a learning-rate grid
+    (``grid.json``, unless ``grid`` is false) and ``opd_over`` (opd = best; opd_matched never
+    reached the target: its eval files are not-reached records and it has no log). Arms
+    with grpo = false (opd_over and the matched ones) have no Stage-2 files.
+    """
+    arms = v2_arms()
+    root = write_run_dir(root, P=P, n=n, B=B, arms=arms, extras=True)
+    config = json.loads((root / "study_config.json").read_text())
+    config["stage0"] = {"split": "test", "min_teacher_gap": 0.15, "matched_fraction": 0.5, "on_fail": "error"}
+    config["lr_grid"] = [0.0003, 0.001] if grid else []
+    (root / "study_config.json").write_text(json.dumps(config, indent=1))
+    (root / "stage0.json").write_text(json.dumps(stage0 if stage0 is not None else stage0_record(), indent=1))
+    for home, sel, comp, views in (
+        ("sft_over", SFT_SELECTION, SFT_COMPUTE, (("sft_early", "best"), ("sft_matched", "matched"))),
+        ("opd_over", OPD_SELECTION, OPD_COMPUTE, (("opd", "best"), ("opd_matched", "matched"))),
+    ):
+        result = {
+            "arm": "over",
+            "best_step": sel["best_step"],
+            "best_val_accuracy": sel["best_accuracy"],
+            "steps": 39,
+            "selection": sel,
+            "compute": comp,
+        }
+        if grid:
+            g = SFT_GRID if home == "sft_over" else OPD_GRID
+            result["chosen_lr"] = g["chosen_lr"]
+            result["grid"] = g["runs"]
+            (root / "stage1" / home / "grid.json").write_text(json.dumps(g, indent=1))
+        (root / "stage1" / home / "result.json").write_text(json.dumps(result, indent=1))
+        for arm, checkpoint in views:
+            _arm_view(root, home, arm, checkpoint, result)
+    reason = f"selection accuracy never reached {MATCHED_TARGET:.3f} (best 0.410 at step 20)"
+    for split in SPLITS:
+        record = {
+            "not_reached": True,
+            "model_name": "opd_matched",
+            "target": MATCHED_TARGET,
+            "reason": reason,
+        }
+        (root / eval_relpath("opd_matched", split)).write_text(json.dumps(record))
     return root

@@ -134,11 +134,8 @@ def test_roles_resolve_by_method_and_checkpoint_when_names_differ(tmp_path):
     t = evaluate_test(run, _test("C3", 1), 100, 0)
     assert t.label == "distill − warm_final" and t.interval is not None
     results, left_out = evaluate_claims(run, B=100)
-    assert [c.spec.key for c in results] == ["C1", "C2", "C3", "C4", "C5", "C6"] and left_out == [
-        "C3m",
-        "C4m",
-        "C5m",
-    ]
+    # matched arms have no Stage 2, so only C3's and C4's init comparisons have a matched version
+    assert [c.spec.key for c in results] == ["C1", "C2", "C3", "C4", "C5", "C6"] and left_out == ["C3m", "C4m"]
 
 
 def test_matched_outcome_claims_appear_with_matched_checkpoints(tmp_path):

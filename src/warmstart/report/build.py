@@ -30,6 +30,7 @@ from warmstart.report.plots import (
     stage2_dynamics_plot,
 )
 from warmstart.report.render import PLOT_DIR, render_html, render_markdown
+from warmstart.report.stage_tables import selection_blocks, stage0_blocks
 from warmstart.report.tables import (
     accuracy_table,
     blank_table,
@@ -47,9 +48,12 @@ def make_report(run: RunData, B: int = M.DEFAULT_B, seed: int = 0, title: str = 
     """All sections of the report, in order, with their source numbering.
 
     The answer first: the claims table, then the entropy of every arm along both stages
-    (one figure), then per-family accuracy; then the claim tests in detail, the
-    accuracy, pass@k, entropy and training tables, Stage-2 dynamics, paired differences,
-    the blank-image ablation, the run's inputs and the sources (listed once, at the end).
+    (one figure), then the stage-0 check (v2: teacher vs base student per family, the
+    matched-outcome target) and per-family accuracy; then the claim tests in detail,
+    Stage-1 selection and compute, the accuracy, pass@k, entropy and training tables,
+    Stage-2 dynamics, paired differences, the blank-image ablation, the run's inputs and
+    the sources (listed once, at the end). The stage-0 section comes after the entropy
+    figure so the answer (claims table and entropy figure) stays at the top of the page.
     """
     src = SourceIds()
     out: list[Section] = []
@@ -75,8 +79,8 @@ def make_report(run: RunData, B: int = M.DEFAULT_B, seed: int = 0, title: str = 
     if left_out:
         claims.blocks.append(
             Paragraph(
-                f"Left out: {', '.join(left_out)} (the same claims between matched-outcome checkpoints): no "
-                "arm of this run has checkpoint = 'matched'."
+                f"Left out: {', '.join(left_out)} (C3's and C4's comparisons between matched-outcome "
+                "checkpoints): this run has no SFT and OPD arm with checkpoint = 'matched'."
             )
         )
     out.append(claims)
@@ -86,6 +90,10 @@ def make_report(run: RunData, B: int = M.DEFAULT_B, seed: int = 0, title: str = 
         entropy_page_plot(run) or Paragraph("Entropy: no training log or eval file with entropy.")
     )
     out.append(ent)
+
+    stage0 = Section("Stage 0: teacher vs base student, matched-outcome target", anchor="stage0")
+    stage0.blocks += stage0_blocks(run, src)
+    out.append(stage0)
 
     fam = Section("Accuracy per question family", anchor="families")
     for split in run.splits:
@@ -101,6 +109,10 @@ def make_report(run: RunData, B: int = M.DEFAULT_B, seed: int = 0, title: str = 
     detail = Section("Claim tests in detail", anchor="claim-tests")
     detail.blocks.append(claim_tests_table(results, src))
     out.append(detail)
+
+    sel = Section("Stage-1 selection and compute", anchor="selection")
+    sel.blocks += selection_blocks(run, src)
+    out.append(sel)
 
     acc = Section("Accuracy", anchor="accuracy")
     acc.blocks.append(accuracy_table(run, src))
@@ -138,6 +150,21 @@ def make_report(run: RunData, B: int = M.DEFAULT_B, seed: int = 0, title: str = 
     )
     if bad:
         inputs.blocks.append(Bullets(bad))
+    if run.not_reached:
+        inputs.blocks.append(
+            Paragraph("Matched-outcome checkpoints never reached (not-reached records, not results):")
+        )
+        inputs.blocks.append(
+            Bullets([f"{eval_relpath(m, sp)}: {nr.text}" for (m, sp), nr in run.not_reached.items()])
+        )
+    no_rl = [a.name for a in run.arms if not a.grpo]
+    if no_rl:
+        inputs.blocks.append(
+            Paragraph(
+                f"Arms without a Stage-2 run (grpo = false): {', '.join(no_rl)}; no <arm>+grpo eval file "
+                "and no stage2/<arm>/ log is expected of them."
+            )
+        )
     if run.notes:
         inputs.blocks.append(Paragraph("Notes:"))
         inputs.blocks.append(Bullets(run.notes))
@@ -163,6 +190,9 @@ def make_report(run: RunData, B: int = M.DEFAULT_B, seed: int = 0, title: str = 
     for rel, n in src.ids.items():
         status = run.status.get(rel, "read")
         desc = f"[{n}] {rel}: {status}"
+        nr = next((r for (m, sp), r in run.not_reached.items() if eval_relpath(m, sp) == rel), None)
+        if nr is not None:
+            desc += f" (a not-reached record of {nr.model_name}: {nr.reason or 'no reason given'})"
         ev = next((e for (m, s), e in run.evals.items() if eval_relpath(m, s) == rel), None)
         if ev is not None:
             desc += (
@@ -181,9 +211,10 @@ def differences_section(run: RunData, src: SourceIds, B: int, seed: int) -> Sect
     """Per split: each endpoint minus its init, and each arm minus the reference arm (the first) at each stage."""
     diff = Section("Paired differences", anchor="differences")
     arms, ref_arm = run.arm_names, run.reference_arm
+    rl_arms = run.stage2_arms  # arms with grpo = false have no endpoint
     for split in run.splits:
         domain = SPLITS.get(split, "other split")
-        pairs = [(f"{stage2_model(a)} − {a}", stage2_model(a), a) for a in arms]
+        pairs = [(f"{stage2_model(a)} − {a}", stage2_model(a), a) for a in rl_arms]
         t = diff_table(
             run,
             split,
@@ -198,10 +229,10 @@ def differences_section(run: RunData, src: SourceIds, B: int, seed: int) -> Sect
         if ref_arm is None:
             diff.blocks.append(Paragraph(f"{split}: arm − reference arm: no Stage-1 arm in this run."))
             continue
-        pairs = []
-        for stage_of in (lambda a: a, stage2_model):
-            ref = stage_of(ref_arm)
-            pairs += [(f"{stage_of(a)} − {ref}", stage_of(a), ref) for a in arms if a != ref_arm]
+        pairs = [(f"{a} − {ref_arm}", a, ref_arm) for a in arms if a != ref_arm]
+        if run.has_stage2(ref_arm):
+            ref = stage2_model(ref_arm)
+            pairs += [(f"{stage2_model(a)} − {ref}", stage2_model(a), ref) for a in rl_arms if a != ref_arm]
         t = diff_table(
             run,
             split,

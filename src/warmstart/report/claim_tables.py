@@ -2,8 +2,12 @@
 
 A role (``sft_early``, ``opd+grpo``, ``base``) names an arm of the run: the arm of that
 name, else the first arm whose method and checkpoint fit it (:data:`ROLE_RULES`, from
-``study_config.json``), so a v2 study with other arm names still gets its claims. A role
-ending in ``+grpo`` is that arm's Stage-2 endpoint. An arm with several seeds
+``study_config.json``), so a v2 study with other arm names still gets its claims. A
+matched-outcome arm (checkpoint ``matched``) only ever plays a matched role, and an
+early/over/OPD role never goes to one, whatever its name. A role ending in ``+grpo`` is
+that arm's Stage-2 endpoint; an arm with ``grpo = false`` has none (the test is not
+testable and says so). A model whose matched checkpoint was never reached (a
+``not_reached`` eval record) makes its test inconclusive, never "missing". An arm with several seeds
 (``<arm>@s<k>``, :mod:`warmstart.report.data`) is pooled per problem (the rule is
 :data:`warmstart.report.claims.POOLING_RULE`); every seed's own estimate is kept for the
 seed column and the seed check of the verdict.
@@ -32,6 +36,7 @@ from warmstart.evaluate_schema import (
 from warmstart.report.blocks import MISSING, Cell, SourceIds, Table
 from warmstart.report.claims import (
     CLAIMS,
+    INCONCLUSIVE,
     NOT_TESTABLE,
     ClaimSpec,
     TestSpec,
@@ -59,14 +64,18 @@ __all__ = [
     "format_stat",
 ]
 
-ROLE_RULES: dict[str, tuple[str, str]] = {
-    "sft_early": ("sft", "best"),
-    "sft_over": ("sft", "final"),
-    "opd": ("opd", "final"),
-    "sft_matched": ("sft", "matched"),
-    "opd_matched": ("opd", "matched"),
+ROLE_RULES: dict[str, tuple[tuple[str, str], ...]] = {
+    "sft_early": (("sft", "best"),),
+    "sft_over": (("sft", "final"),),
+    # v2: OPD early-stopped by the same selection rule as SFT; older runs had only OPD's final weights
+    "opd": (("opd", "best"), ("opd", "final")),
+    "opd_over": (("opd", "final"),),
+    "sft_matched": (("sft", "matched"),),
+    "opd_matched": (("opd", "matched"),),
 }
-"""Role -> (method, checkpoint) of the arm that plays it when no arm has the role's name."""
+"""Role -> the (method, checkpoint) of the arm that plays it when no arm has the role's name, in order of
+preference (the first kind any arm has wins)."""
+MATCHED = "matched"
 
 _RATIO = {"entropy_token_mean"}  # ratio-of-sums metrics (pooled by summing numerators and denominators)
 
@@ -110,6 +119,13 @@ class ClaimResult:
         return self.tests[i]
 
 
+def _may_play(role: str, checkpoint: str) -> bool:
+    """An arm of ``checkpoint`` may play ``role`` by name: matched arms only matched roles, and vice versa."""
+    if role not in ROLE_RULES or not checkpoint:
+        return True
+    return (checkpoint == MATCHED) == all(ck == MATCHED for _, ck in ROLE_RULES[role])
+
+
 def resolve_role(run: RunData, role: str) -> tuple[str, list[tuple[str, str]]] | None:
     """``(display name, [(seed label, model), ...])`` of a role in this run; ``None`` when no arm plays it."""
     if role in (BASE_MODEL, TEACHER_MODEL):
@@ -117,13 +133,14 @@ def resolve_role(run: RunData, role: str) -> tuple[str, list[tuple[str, str]]] |
     arm = stage1_arm(role)
     stage2 = arm != role
     groups = run.groups
-    group = arm if arm in groups else None
-    if group is None and arm in ROLE_RULES:
-        method, checkpoint = ROLE_RULES[arm]
+    group = arm if arm in groups and _may_play(arm, groups[arm][0].checkpoint) else None
+    for method, checkpoint in ROLE_RULES.get(arm, ()) if group is None else ():
         group = next(
             (g for g, reps in groups.items() if (reps[0].method, reps[0].checkpoint) == (method, checkpoint)),
             None,
         )
+        if group is not None:
+            break
     if group is None:
         return None
     models = [(a.seed_label, stage2_model(a.name) if stage2 else a.name) for a in groups[group]]
@@ -198,19 +215,30 @@ def evaluate_test(run: RunData, spec: TestSpec, B: int, seed: int) -> TestResult
         return TestResult(spec, NOT_TESTABLE, note=f"no arm plays {', '.join(absent)}", label=spec.what)
     names = [r[0] for r in resolved]
     label = f"{names[0]} − {names[1]}" if spec.kind == "diff" else "max − min of " + ", ".join(names)
+    no_rl = [stage1_arm(n) for n in names if n != stage1_arm(n) and not run.has_stage2(stage1_arm(n))]
+    if no_rl:
+        note = f"{', '.join(no_rl)} has no Stage-2 run (grpo = false)"
+        return TestResult(spec, NOT_TESTABLE, note=note, label=label)
     sides: list[list[tuple[str, EvalResult]]] = []
-    missing, sources = [], []
+    missing, unreached, sources = [], [], []
     for _, models in resolved:
         side = []
         for lab, model in models:
             ev = run.eval(model, spec.split)
-            if ev is None:
-                missing.append(eval_relpath(model, spec.split))
-            else:
+            rel = eval_relpath(model, spec.split)
+            if ev is not None:
                 side.append((lab, ev))
-                sources.append(eval_relpath(model, spec.split))
+                sources.append(rel)
+            elif (nr := run.unreached(model, spec.split)) is not None:
+                unreached.append((model, nr, rel))
+            else:
+                missing.append(rel)
         sides.append(side)
     if any(not s for s in sides):
+        if unreached:  # a matched checkpoint that never was: no outcome to compare, not a missing file
+            why = "; ".join(f"{m} {nr.text}" for m, nr, _ in unreached)
+            rels = [rel for _, _, rel in unreached]
+            return TestResult(spec, INCONCLUSIVE, note=why, label=label, sources=sources + rels)
         return TestResult(spec, NOT_TESTABLE, note="missing: " + ", ".join(missing), label=label)
     evs = [ev for s in sides for _, ev in s]
     metric, note = _metric_for(spec.metric, evs)
@@ -219,6 +247,8 @@ def evaluate_test(run: RunData, spec: TestSpec, B: int, seed: int) -> TestResult
     notes = [note] if note else []
     if missing:
         notes.append("seeds left out (missing): " + ", ".join(missing))
+    if unreached:
+        notes.append("seeds left out (not reached): " + ", ".join(rel for _, _, rel in unreached))
     ref = evs[0]
     try:
         values = [[(lab, problem_values(_aligned(ev, ref), metric)) for lab, ev in s] for s in sides]

@@ -23,7 +23,14 @@ run is looked at:
   inconclusive; a test whose inputs are missing is *not testable* and makes its claim
   at best inconclusive;
 * a claim that presupposes another ("the advantage is gone after RL" presupposes an
-  advantage at init) is not testable unless that one is supported.
+  advantage at init) is not testable unless that one is supported;
+* a test of a matched-outcome checkpoint that was never reached is inconclusive: the
+  two methods never met at the target, so there is no matched pair to compare.
+
+The matched-outcome claims (``C3m``, ``C4m``; v2) are C3's and C4's comparisons at RL
+init between the checkpoints of equal Stage-1 outcome (``sft_matched``, ``opd_matched``:
+each method's first validation at the stage-0 target). Matched arms have no Stage-2 run,
+so C3's "after RL" half and C5 have no matched version.
 """
 
 from __future__ import annotations
@@ -82,7 +89,8 @@ VERDICT_RULE = (
     "other than inconclusive also needs every seed's own estimate on the same side; otherwise it is "
     "inconclusive (seeds disagree). A claim is contradicted if any of its tests is, supported if all "
     "are, else inconclusive; a test with missing inputs is not testable. C5 presupposes C4 (an advantage "
-    "that never was cannot be gone): it is not testable unless C4 is supported."
+    "that never was cannot be gone): it is not testable unless C4 is supported. A test of a matched-outcome "
+    "checkpoint that was never reached is inconclusive (the methods never met at the target)."
 )
 POOLING_RULE = (
     "Intervals: paired problem bootstrap (the same resampled problems for every model of a test, "
@@ -174,7 +182,7 @@ _SFT2 = ("sft_early+grpo", "sft_over+grpo")
 
 
 def _opd_claims(suffix: str, opd: str, sfts: tuple[str, ...], optional: bool) -> tuple[ClaimSpec, ...]:
-    """Claims C3-C5 for one set of Stage-1 roles (the primary arms, or v2's matched-outcome checkpoints)."""
+    """Claims C3-C5 for one set of Stage-1 roles and their Stage-2 endpoints."""
     opd2, sfts2 = f"{opd}+grpo", tuple(f"{s}+grpo" for s in sfts)
     at = " (at matched outcome)" if suffix else ""
     return (
@@ -207,6 +215,34 @@ def _opd_claims(suffix: str, opd: str, sfts: tuple[str, ...], optional: bool) ->
             + _vs_sft("validation", "pass@16", opd2, sfts2, "at_most", "pass@16 after RL", BAND_MARGIN),
             optional,
             presupposes=f"C4{suffix}",
+        ),
+    )
+
+
+def _matched_claims() -> tuple[ClaimSpec, ...]:
+    """C3 and C4 at RL init between the matched-outcome checkpoints (Stage-1 only: no after-RL half)."""
+    opd, sfts = "opd_matched", ("sft_matched",)
+    at = "at matched Stage-1 outcome (equal selection accuracy)"
+    return (
+        ClaimSpec(
+            "C3m",
+            f"OPD enters RL at higher policy entropy than SFT, {at}",
+            _vs_sft("validation", "entropy_token_mean", opd, sfts, "greater", "entropy at matched outcome"),
+            optional=True,
+        ),
+        ClaimSpec(
+            "C4m",
+            f"OPD enters RL with higher answer diversity and pass@16 than SFT, {at}",
+            _vs_sft(
+                "validation",
+                "distinct_answers_mean",
+                opd,
+                sfts,
+                "greater",
+                "distinct answers at matched outcome",
+            )
+            + _vs_sft("validation", "pass@16", opd, sfts, "greater", "pass@16 at matched outcome"),
+            optional=True,
         ),
     )
 
@@ -259,8 +295,8 @@ CLAIMS: tuple[ClaimSpec, ...] = (
             ),
         ),
     ),
-    # v2: the same claims between checkpoints of equal Stage-1 outcome (left out without them)
-    *_opd_claims("m", "opd_matched", ("sft_matched",), optional=True),
+    # v2: C3's and C4's init comparisons between checkpoints of equal Stage-1 outcome (left out without them)
+    *_matched_claims(),
 )
 """The claims the report tests, in report order."""
 

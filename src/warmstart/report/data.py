@@ -16,6 +16,23 @@ an arm name (``study/arms.py``), so the suffix is unambiguous; the first seed ma
 the bare name, so a one-seed run (today's) is a run whose every arm has one replica.
 Replicas of one arm form its *group* (:attr:`ArmInfo.group`): one colour in the plots,
 one row of the claims table, seeds pooled (:mod:`warmstart.report.claims`).
+
+Study v2 adds (each optional: a run from before it reads as before, and the report says
+what it lacks):
+
+* ``stage0.json``: the stage-0 check (teacher vs base student per family, the base
+  student's stop rule, the matched-outcome target); expected when ``study_config.json``
+  has a ``stage0`` table;
+* ``stage1/<run>/result.json``'s ``selection`` and ``compute``, and
+  ``stage1/<run>/grid.json`` of a learning-rate grid (expected when the config has a
+  non-empty ``lr_grid``); the Stage-1 *runs* are the arms grouped by the run they are a
+  checkpoint of (:meth:`RunData.stage1_runs`);
+* arms with ``grpo = false`` (no Stage-2 run): no ``<arm>+grpo`` eval file and no
+  ``stage2/<arm>/`` log is expected of them;
+* matched-outcome arms whose checkpoint was never reached: their eval files are
+  ``{"not_reached": true, "model_name", "target", "reason"}`` records
+  (:class:`NotReached`, in :attr:`RunData.not_reached`, not in :attr:`RunData.evals`), and
+  their ``stage1/<arm>/result.json`` says ``"reached": false`` (no log is expected).
 """
 
 from __future__ import annotations
@@ -50,6 +67,8 @@ __all__ = [
     "seed_group",
     "replica_name",
     "ArmInfo",
+    "NotReached",
+    "Stage1Run",
     "RunData",
     "arms_from_study_config",
     "arms_from_models",
@@ -59,6 +78,10 @@ __all__ = [
 
 STUDY_CONFIG = "study_config.json"
 """The study's config as JSON, relative to the run directory (its ``arm`` list names the arms)."""
+STAGE0 = "stage0.json"
+"""The stage-0 check's table, relative to the run directory."""
+GRID = "grid.json"
+"""A learning-rate grid's choice, ``stage1/<run>/grid.json``."""
 
 SEED_SEP = "@s"
 """Separator of a seed replica's name: ``<arm>@s<seed>``."""
@@ -96,6 +119,9 @@ class ArmInfo:
             ``matched``; ``""`` unknown).
         seed: its seed: the ``@s<seed>`` of its name, else its stage table's ``seed``
             in ``study_config.json``; ``None`` unknown.
+        grpo: whether the arm has a Stage-2 run (``<name>+grpo``); ``false`` in
+            ``study_config.json`` (v2's matched and over-trained OPD arms): Stage-1 only,
+            so no Stage-2 file is expected of it.
     """
 
     name: str
@@ -103,6 +129,7 @@ class ArmInfo:
     method: str = ""
     checkpoint: str = ""
     seed: int | None = None
+    grpo: bool = True
 
     @property
     def group(self) -> str:
@@ -144,8 +171,101 @@ def arms_from_study_config(path: str | os.PathLike) -> list[ArmInfo]:
         stage = entry.get(method) if method else None
         if seed is None and isinstance(stage, dict) and type(stage.get("seed")) is int:
             seed = stage["seed"]
-        arms.append(ArmInfo(name, label, method, checkpoint, seed))
+        grpo = entry.get("grpo", True)
+        if not isinstance(grpo, bool):
+            raise ValueError(f"key 'arm[{i}].grpo': expected true or false, got {grpo!r}")
+        arms.append(ArmInfo(name, label, method, checkpoint, seed, grpo))
     return arms
+
+
+def _config_run_homes(config: dict) -> dict[str, str]:
+    """Arm -> the Stage-1 run it is a checkpoint of, from ``study_config.json`` alone.
+
+    As the study groups them (``study/arms.py:stage1_runs``): arms with the same method
+    and the same method table are one run, named after its ``final`` arm, else its first.
+    An arm without a method table (an older config) is its own run.
+    """
+    entries = config.get("arm") if isinstance(config.get("arm"), list) else []
+    groups: dict[str, list[dict]] = {}
+    homes: dict[str, str] = {}
+    for e in entries:
+        if not isinstance(e, dict) or not isinstance(e.get("name"), str):
+            continue
+        stage = e.get(e.get("method")) if isinstance(e.get("method"), str) else None
+        if not isinstance(stage, dict):
+            homes[e["name"]] = e["name"]
+            continue
+        key = json.dumps([e["method"], stage, _name_seed(e["name"])], sort_keys=True)
+        groups.setdefault(key, []).append(e)
+    for members in groups.values():
+        home = next((e for e in members if e.get("checkpoint") == "final"), members[0])["name"]
+        for e in members:
+            homes[e["name"]] = home
+    return homes
+
+
+@dataclass(frozen=True)
+class NotReached:
+    """The eval record of a matched-outcome arm whose checkpoint was never reached.
+
+    Attributes:
+        model_name: the model the record stands for (``opd_matched``).
+        target: the matched-outcome target it never reached (``None``: not said).
+        reason: why, in words (``selection accuracy never reached 0.465 (best 0.41 at step 200)``).
+    """
+
+    model_name: str
+    target: float | None
+    reason: str
+
+    @property
+    def text(self) -> str:
+        return f"not reached: {self.reason}" if self.reason else "not reached"
+
+
+def _not_reached_record(raw: object) -> NotReached | None:
+    """The :class:`NotReached` of a parsed eval file, ``None`` when it is not such a record."""
+    if not isinstance(raw, dict) or raw.get("not_reached") is not True:
+        return None
+    name, target, reason = raw.get("model_name"), raw.get("target"), raw.get("reason", "")
+    if not isinstance(name, str) or not name:
+        raise ValueError("not_reached record: key 'model_name': expected a non-empty string")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, int | float)):
+        raise ValueError(f"not_reached record: key 'target': expected a number or null, got {target!r}")
+    if not isinstance(reason, str):
+        raise ValueError(f"not_reached record: key 'reason': expected a string, got {reason!r}")
+    return NotReached(name, None if target is None else float(target), reason)
+
+
+def _read_eval_or_not_reached(path: Path) -> EvalResult | NotReached:
+    """An eval file, or the not-reached record a matched arm's eval step writes instead."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raw = None  # read_eval says what is wrong with it
+    record = _not_reached_record(raw)
+    return record if record is not None else read_eval(path)
+
+
+@dataclass(frozen=True)
+class Stage1Run:
+    """One Stage-1 training run and the arms that are its checkpoints.
+
+    Attributes:
+        name: its folder under ``stage1/`` (the arm that is its ``final/``, else its first arm).
+        arms: the arms read from it, in report order.
+        result: its ``stage1/<name>/result.json`` (``None``: missing or unreadable).
+        grid: its ``stage1/<name>/grid.json`` (``None``: no learning-rate grid, or missing).
+    """
+
+    name: str
+    arms: tuple[ArmInfo, ...]
+    result: dict | None = None
+    grid: dict | None = None
+
+    @property
+    def method(self) -> str:
+        return next((a.method for a in self.arms if a.method), "")
 
 
 def arms_from_models(models: Iterable[str]) -> list[ArmInfo]:
@@ -188,9 +308,43 @@ class RunData:
     stage1_results: dict[str, dict] = field(default_factory=dict)  # arm -> stage1/<arm>/result.json
     families: dict[str, dict[str, str]] = field(default_factory=dict)  # split -> problem id -> family
     config: dict = field(default_factory=dict)  # study_config.json as read ({} without it)
+    not_reached: dict[tuple[str, str], NotReached] = field(default_factory=dict)  # (model, split) -> record
+    stage0: dict | None = None  # stage0.json (None: absent, missing or unreadable)
+    grids: dict[str, dict] = field(default_factory=dict)  # Stage-1 run -> stage1/<run>/grid.json
 
     def eval(self, model: str, split: str) -> EvalResult | None:
         return self.evals.get((model, split))
+
+    def unreached(self, model: str, split: str) -> NotReached | None:
+        """The not-reached record standing for ``model`` on ``split`` (``None``: an eval file or missing)."""
+        return self.not_reached.get((model, split))
+
+    def has_stage2(self, arm: str) -> bool:
+        """Whether ``arm`` has a Stage-2 run (``grpo`` in study_config.json; unknown arms: yes)."""
+        info = self.arm_info(arm)
+        return info.grpo if info is not None else True
+
+    @property
+    def stage2_arms(self) -> list[str]:
+        """The arms with a Stage-2 run, in report order."""
+        return [a.name for a in self.arms if a.grpo]
+
+    def stage1_run_name(self, arm: str) -> str:
+        """The Stage-1 run ``arm`` is a checkpoint of: its result's ``derived_from``, else the config's grouping."""
+        src = self.stage1_results.get(arm, {}).get("derived_from")
+        if isinstance(src, str) and src and Path(src).name in self.arm_names:
+            return Path(src).name
+        return _config_run_homes(self.config).get(arm, arm)
+
+    def stage1_runs(self) -> list[Stage1Run]:
+        """Every Stage-1 run of the study and the arms read from it, in order of first arm."""
+        runs: dict[str, list[ArmInfo]] = {}
+        for a in self.arms:
+            runs.setdefault(self.stage1_run_name(a.name), []).append(a)
+        return [
+            Stage1Run(n, tuple(arms), self.stage1_results.get(n), self.grids.get(n))
+            for n, arms in runs.items()
+        ]
 
     @property
     def arm_names(self) -> list[str]:
@@ -223,8 +377,10 @@ class RunData:
         (the toy's ``sft_early`` is ``sft_over``'s best checkpoint); ``None`` otherwise.
         """
         res = self.stage1_results.get(arm, {})
-        src, step = res.get("derived_from"), res.get("best_step")
-        if not isinstance(src, str) or type(step) is not int:
+        # v2's arm views name their checkpoint and its step; older ones were always best/ at best_step
+        src = res.get("derived_from")
+        step = res.get("step") if "checkpoint" in res else res.get("best_step")
+        if not isinstance(src, str) or type(step) is not int or res.get("reached") is False:
             return None
         owner = Path(src).name
         if owner == arm or owner not in self.arm_names:
@@ -335,7 +491,7 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
         else:
             data.config = _read_json_object(run_dir / STUDY_CONFIG)
     data.arms = arms if arms is not None else arms_from_models(m for m, _ in found)
-    expected = study_models(data.arm_names)
+    expected = [m for m in study_models(data.arm_names) if data.has_stage2(stage1_arm(m))]
     data.models = list(dict.fromkeys([*expected, *(m for m, _ in found)]))
     all_splits = list(dict.fromkeys([*SPLITS, *(s for _, s in found)]))
     data.splits = [s for s in all_splits if s != BLANK_SPLIT]
@@ -343,8 +499,15 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
     wanted = list(dict.fromkeys([*((m, s) for m in expected for s in SPLITS), *found]))
     for model, split in wanted:
         rel = eval_relpath(model, split)
-        ev = data.read(rel, read_eval, (EvalSchemaError,))
+        ev = data.read(rel, _read_eval_or_not_reached, (EvalSchemaError, ValueError))
         if ev is None:
+            continue
+        if isinstance(ev, NotReached):
+            data.not_reached[(model, split)] = ev
+            if ev.model_name != model:
+                data.notes.append(
+                    f"{rel}: the not-reached record says model {ev.model_name!r}; reported as {model!r}"
+                )
             continue
         # the blank-image ablation is the in-domain split with its images blanked: its files say "validation"
         said = "validation" if split == BLANK_SPLIT else split
@@ -354,19 +517,37 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
                 f"reported under its file name ({model!r}, {split!r})"
             )
         data.evals[(model, split)] = ev
+    v2 = any(k in data.config for k in ("stage0", "lr_grid"))  # a study v2 config: its files are expected
+    for arm in data.arm_names:
+        rel = f"stage1/{arm}/result.json"
+        if v2 or (run_dir / rel).exists():
+            res = data.read(rel, _read_json_object, (OSError, UnicodeDecodeError, ValueError))
+            if res is not None:
+                data.stage1_results[arm] = res
     for stage in (1, 2):
         for arm in data.arm_names:
             rel = metrics_relpath(stage, arm)
+            # no log of an arm without Stage 2, nor of a matched checkpoint never reached (unless one is there)
+            unexpected = (
+                not data.has_stage2(arm)
+                if stage == 2
+                else data.stage1_results.get(arm, {}).get("reached") is False
+            )
+            if unexpected and not (run_dir / rel).exists():
+                continue
             rows = data.read(
                 rel, lambda p, rel=rel: _read_metrics_jsonl(p, rel, data.notes), (OSError, UnicodeDecodeError)
             )
             if rows is not None:
                 data.logs[(stage, arm)] = rows
-    for arm in data.arm_names:
-        rel = f"stage1/{arm}/result.json"
-        if (run_dir / rel).exists():
-            res = data.read(rel, _read_json_object, (OSError, UnicodeDecodeError, ValueError))
-            if res is not None:
-                data.stage1_results[arm] = res
+    if data.config.get("stage0") or (run_dir / STAGE0).exists():
+        data.stage0 = data.read(STAGE0, _read_json_object, (OSError, UnicodeDecodeError, ValueError))
+    grid_expected = bool(data.config.get("lr_grid"))
+    for run in data.stage1_runs():
+        rel = f"stage1/{run.name}/{GRID}"
+        if (grid_expected and _name_seed(run.name) is None) or (run_dir / rel).exists():
+            grid = data.read(rel, _read_json_object, (OSError, UnicodeDecodeError, ValueError))
+            if grid is not None:
+                data.grids[run.name] = grid
     _load_families(data)
     return data

@@ -238,6 +238,12 @@ def shared_stage1_run(run: RunData, arm: str) -> tuple[str, int] | None:
     return None
 
 
+def _checkpoint(run: RunData, arm: str) -> str:
+    """The checkpoint folder an arm is of its run (``best`` unless study_config.json says otherwise)."""
+    info = run.arm_info(arm)
+    return info.checkpoint if info is not None and info.checkpoint in ("best", "matched") else "best"
+
+
 def _stage1_panel(ax, run: RunData, colors: dict[str, str], used: list[str]) -> list[str]:
     """Stage-1 entropy of every arm; an arm that is a checkpoint of another arm's run is a marker on it."""
     notes = []
@@ -274,7 +280,7 @@ def _stage1_panel(ax, run: RunData, colors: dict[str, str], used: list[str]) -> 
                 color=colors[other],
                 mec="black",
                 ls="none",
-                label=f"{other}: {arm}'s best/ at step {step}"
+                label=f"{other}: {arm}'s {_checkpoint(run, other)}/ at step {step}"
                 if other == run.groups[seed_group(other)][0].name
                 else None,
             )

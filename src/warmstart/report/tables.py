@@ -3,7 +3,9 @@
 Each function takes the :class:`~warmstart.report.data.RunData` and the source numbering
 and returns a :class:`~warmstart.report.blocks.Table` (``None`` when it would have no
 row). Rows follow the run's arms (``run.arms``): base, teacher, then each arm followed by
-its Stage-2 endpoint, then other models found.
+its Stage-2 endpoint (arms with ``grpo = false`` have none), then other models found. A
+matched-outcome checkpoint never reached shows ``not reached`` in its cells (the reason
+in the table's note) and is left out of paired differences.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from warmstart.report.data import RunData
 
 __all__ = [
     "DIFF_METRICS",
+    "NOT_REACHED",
+    "not_reached_note",
     "entropy_source",
     "family_table",
     "blank_table",
@@ -50,14 +54,40 @@ __all__ = [
 
 # Paired-difference columns (pass@K, the largest k every model of the split has, is added).
 DIFF_METRICS = ("greedy_accuracy", "pass@1", "distinct_answers_mean", "entropy_token_mean")
+NOT_REACHED = "not reached"
+"""Cell text of a matched-outcome checkpoint that was never reached (not a missing file)."""
+NO_STAGE2 = "no Stage 2 (grpo = false)"
+"""Cell text of a Stage-2 number of an arm the study does not train further."""
 
 
 def init_end_models(run: RunData) -> list[str]:
     """Rows of the init-vs-end tables: base, teacher, then each arm followed by its endpoint, then others."""
     order = [BASE_MODEL, TEACHER_MODEL]
     for arm in run.arm_names:
-        order += [arm, stage2_model(arm)]
+        order += [arm, stage2_model(arm)] if run.has_stage2(arm) else [arm]
     return order + [m for m in run.models if m not in order]
+
+
+def _shown(run: RunData, model: str, split: str) -> bool:
+    """A row for ``model`` on ``split``: it has an eval file, or a not-reached record."""
+    return run.eval(model, split) is not None or run.unreached(model, split) is not None
+
+
+def not_reached_note(run: RunData, models: list[str], splits: list[str]) -> str:
+    """`` Not reached: opd_matched (validation, ood): <reason>.`` for the table's note ('' when none)."""
+    by_model: dict[str, tuple[list[str], str]] = {}
+    for m in models:
+        for split in splits:
+            nr = run.unreached(m, split)
+            if nr is not None:
+                by_model.setdefault(m, ([], nr.reason))[0].append(split)
+    if not by_model:
+        return ""
+    items = [f"{m} ({', '.join(sp)}){': ' + why if why else ''}" for m, (sp, why) in by_model.items()]
+    return (
+        f" '{NOT_REACHED}': a matched-outcome checkpoint the run never reached (its eval file is a not-reached "
+        "record, not a result): " + "; ".join(items) + "."
+    )
 
 
 def uniform_sampling(evs: list[EvalResult]) -> str | None:
@@ -85,7 +115,11 @@ def accuracy_table(run: RunData, src: SourceIds) -> Table:
             ev = run.eval(model, split)
             rel = eval_relpath(model, split)
             if ev is None:
-                row += [Cell(MISSING), Cell(MISSING)]
+                reached = run.unreached(model, split) is None
+                row += [Cell(MISSING if reached else NOT_REACHED) for _ in range(2)]
+                if not reached:
+                    rels.append(rel)
+                    used.append(rel)
                 continue
             rels.append(rel)
             used.append(rel)
@@ -104,15 +138,15 @@ def accuracy_table(run: RunData, src: SourceIds) -> Table:
         rows=rows,
         note="Percent correct with 95% bootstrap intervals over problems (from each eval file). "
         "greedy: one temperature-0 response per problem. pass@1: mean accuracy of the n sampled "
-        "responses per problem at temperature T (top_p).",
+        "responses per problem at temperature T (top_p)." + not_reached_note(run, run.models, run.splits),
         sources=used,
     )
 
 
 def passk_table(run: RunData, split: str, src: SourceIds) -> Table | None:
     """pass@k and answer diversity for every model on ``split``, each init row followed by its endpoint."""
-    models = [m for m in init_end_models(run) if run.eval(m, split) is not None]
-    if not models:
+    models = [m for m in init_end_models(run) if _shown(run, m, split)]
+    if not any(run.eval(m, split) is not None for m in models):
         return None
     ks = sorted({k for m in models for k in pass_ks(run.eval(m, split))})
     cols = [f"pass@{k}" for k in ks] + ["distinct_answers_mean", "answer_entropy_mean"]
@@ -121,15 +155,19 @@ def passk_table(run: RunData, split: str, src: SourceIds) -> Table | None:
         ev = run.eval(m, split)
         rel = eval_relpath(m, split)
         used.append(rel)
-        cells = [Cell(format_interval(c, ev.summary.get(c))) for c in cols]
-        rows.append([Cell(m), Cell(run.role(m)), Cell(sampling_note(ev)), *cells, Cell(src.ref(rel))])
+        if ev is None:
+            cells = [Cell(NOT_REACHED) for _ in range(len(cols) + 1)]
+        else:
+            cells = [Cell(sampling_note(ev)), *[Cell(format_interval(c, ev.summary.get(c))) for c in cols]]
+        rows.append([Cell(m), Cell(run.role(m)), *cells, Cell(src.ref(rel))])
     return Table(
         title=f"pass@k and answer diversity, {split} ({SPLITS.get(split, 'other split')}): Stage-1 init vs Stage-2 endpoint",
         header=["model", "role", "sampling", *[metric_header(c) for c in cols], "sources"],
         rows=rows,
         note="Sampled responses (settings per row). pass@k: unbiased estimator averaged over problems, in %. "
         "Distinct answers: mean number of distinct normalised final answers among the n samples (unparseable "
-        "= one answer 'none'); answer H: mean Shannon entropy of that distribution. 95% bootstrap intervals.",
+        "= one answer 'none'); answer H: mean Shannon entropy of that distribution. 95% bootstrap intervals."
+        + not_reached_note(run, models, [split]),
         sources=used,
     )
 
@@ -142,10 +180,12 @@ def pass_ks(ev: EvalResult | None) -> list[int]:
 
 def entropy_table(run: RunData, split: str, src: SourceIds) -> Table | None:
     """Policy entropy of the evaluation samples (and teacher-forced entropy when present) per model."""
-    models = [m for m in init_end_models(run) if run.eval(m, split) is not None]
-    if not models:
+    models = [m for m in init_end_models(run) if _shown(run, m, split)]
+    if not any(run.eval(m, split) is not None for m in models):
         return None
-    has_tf = any(run.eval(m, split).teacher_forced_entropy is not None for m in models)
+    has_tf = any(
+        (ev := run.eval(m, split)) is not None and ev.teacher_forced_entropy is not None for m in models
+    )
     header = [
         "model",
         "role",
@@ -160,6 +200,11 @@ def entropy_table(run: RunData, split: str, src: SourceIds) -> Table | None:
         ev = run.eval(m, split)
         rel = eval_relpath(m, split)
         used.append(rel)
+        if ev is None:
+            rows.append(
+                [Cell(m), Cell(run.role(m)), *[Cell(NOT_REACHED) for _ in header[2:]], Cell(src.ref(rel))]
+            )
+            continue
         row = [Cell(m), Cell(run.role(m)), Cell(sampling_note(ev))]
         row += [
             Cell(format_interval(k, ev.summary.get(k))) for k in ("entropy_token_mean", "entropy_seq_mean")
@@ -177,7 +222,7 @@ def entropy_table(run: RunData, split: str, src: SourceIds) -> Table | None:
         rows=rows,
         note="Full-vocabulary Shannon entropy (nats) of the next-token distribution at every token of the "
         "sampled responses: token-weighted mean (entropy/token) and mean of per-sequence means (entropy/seq). "
-        "95% bootstrap intervals over problems.",
+        "95% bootstrap intervals over problems." + not_reached_note(run, models, [split]),
         sources=used,
     )
 
@@ -201,15 +246,12 @@ def training_table(run: RunData, src: SourceIds) -> Table:
     for arm in run.arm_names:
         rels = [metrics_relpath(st, arm) for st in (1, 2) if (st, arm) in run.logs]
         used += rels
-        rows.append(
-            [
-                Cell(arm),
-                Cell(span(1, arm, "entropy")),
-                Cell(span(2, arm, "entropy")),
-                Cell(span(2, arm, "reward_mean")),
-                Cell(src.refs(rels)),
-            ]
-        )
+        stage1 = span(1, arm, "entropy")
+        if (1, arm) not in run.logs and run.stage1_results.get(arm, {}).get("reached") is False:
+            stage1 = f"{NOT_REACHED} (no checkpoint, no log)"
+        no_rl = (2, arm) not in run.logs and not run.has_stage2(arm)
+        stage2 = [NO_STAGE2] * 2 if no_rl else [span(2, arm, "entropy"), span(2, arm, "reward_mean")]
+        rows.append([Cell(arm), Cell(stage1), *map(Cell, stage2), Cell(src.refs(rels))])
     return Table(
         title="Training logs: entropy and reward at the first and last logged step",
         header=[
@@ -281,15 +323,21 @@ def entropy_sources(run: RunData) -> list[str]:
 def family_table(run: RunData, split: str, src: SourceIds, B: int, seed: int) -> Table | None:
     """Greedy accuracy per question family (``meta.family`` of the split's problem file) for every model."""
     fam = run.families.get(split)
-    models = [m for m in init_end_models(run) if run.eval(m, split) is not None]
-    if not fam or not models:
+    models = [m for m in init_end_models(run) if _shown(run, m, split)]
+    evaluated = [m for m in models if run.eval(m, split) is not None]
+    if not fam or not evaluated:
         return None
-    ids0 = run.eval(models[0], split).data.problem_ids
+    ids0 = run.eval(evaluated[0], split).data.problem_ids
     families = list(dict.fromkeys(fam[i] for i in ids0 if i in fam))
     counts = {f: sum(fam.get(i) == f for i in ids0) for f in families}
     rows, used = [], []
     for m in models:
         ev = run.eval(m, split)
+        if ev is None:
+            rel = eval_relpath(m, split)
+            used.append(rel)
+            rows.append([Cell(m), *[Cell(NOT_REACHED) for _ in families], Cell(src.ref(rel))])
+            continue
         if "greedy_accuracy" not in ev.summary:
             continue
         rel = eval_relpath(m, split)
@@ -318,7 +366,7 @@ def family_table(run: RunData, split: str, src: SourceIds, B: int, seed: int) ->
         rows=rows,
         note=f"Percent of each family's problems answered correctly by the greedy response, 95% bootstrap "
         f"interval over that family's problems (B={B}, seed={seed}). Families from meta.family of the split's "
-        "problem file (data/<split>.jsonl).",
+        "problem file (data/<split>.jsonl)." + not_reached_note(run, models, [split]),
         sources=used,
     )
 
@@ -394,9 +442,12 @@ def diff_table(
 ) -> Table | None:
     """Paired differences ``a - b`` for the (label, a, b) pairs on ``split``; bold where the interval excludes 0."""
     cols = diff_metrics(run, split)
-    rows, used, problems = [], [], []
+    rows, used, problems, unreached = [], [], [], []
     for label, a, b in pairs:
         ea, eb = run.eval(a, split), run.eval(b, split)
+        if ea is None and run.unreached(a, split) or eb is None and run.unreached(b, split):
+            unreached.append(label)  # no checkpoint at the matched outcome: nothing to pair, not missing
+            continue
         rels = [eval_relpath(a, split), eval_relpath(b, split)]
         if ea is None or eb is None:
             missing = [r for r, e in zip(rels, (ea, eb)) if e is None]
@@ -418,6 +469,12 @@ def diff_table(
     if all(all(c.text == MISSING for c in r[1:-1]) for r in rows):
         return None
     extra = (" Not computed: " + "; ".join(problems)) if problems else ""
+    if unreached:
+        extra += (
+            f" Left out ({NOT_REACHED}: a matched-outcome checkpoint the run never reached): "
+            + "; ".join(unreached)
+            + "."
+        )
     sampling = uniform_sampling([ev for (m, s), ev in run.evals.items() if s == split])
     return Table(
         title=title,

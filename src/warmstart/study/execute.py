@@ -231,6 +231,7 @@ def select_lr(job: SelectJob, out: Path) -> dict:
                 "over_step": sel.get("over_step"),
                 "matched_step": sel.get("matched_step"),
                 "sequences": res.get("compute", {}).get("sequences"),
+                "tokens": res.get("compute", {}).get("tokens"),
                 "seconds": res.get("compute", {}).get("seconds"),
             }
         )
