@@ -20,6 +20,9 @@ Registries:
     KL_ESTIMATORS   "k1" | "k2" | "k3" (alias "low_var_kl")
                                                       (logp_BT, ref_logp_BT, clamp=...) -> kl_BT
     OBJECTIVES      "policy_gradient"                 (batch, scores, cfg, denom) -> (loss, stats)
+    OPD_ESTIMATORS  "sampled_rkl"                     (student_logp_BT, teacher_logp_BT, mask_BT) -> adv_BT
+                    "full_rkl" | "topk_fkl" | "topk_rkl"
+                                                      (student_logq_BTV, teacher_logq_BTV, mask_BT, k) -> kl_BT
 
 `OBJECTIVES` (picked by `LossConfig.objective`) is what the trainer backpropagates;
 `policy_gradient` composes the registries above. A loss backpropagated directly (a
@@ -29,12 +32,14 @@ dense distillation KL) is one more entry: a function here + its `OBJECTIVES` ent
 `policy_gradient_loss` composes a policy loss and an aggregation; SFT, OPD and
 GRPO all train with it and differ only in the advantage they pass:
     SFT:  adv = 1, old_logp = logp.detach()        -> gradient of the mean NLL
-    OPD:  adv = reverse_kl_advantage(student, teacher, mask)
+    OPD:  adv = reverse_kl_advantage(student, teacher, mask)   (estimator "sampled_rkl"; the dense
+          OPD_ESTIMATORS are a loss of their own: docs/OPD_ESTIMATORS.md)
     GRPO: adv = ADVANTAGES[...](rewards_GN) broadcast over each row's tokens
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,23 +56,29 @@ if TYPE_CHECKING:
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
+    "DENSE_OPD_ESTIMATORS",
     "KL_ESTIMATORS",
     "KL_LOG_RATIO_CLAMP",
     "OBJECTIVES",
     "OBJECTIVE_STATS",
+    "OPD_ESTIMATORS",
     "POLICY_LOSSES",
     "REGISTRIES",
+    "TOPK_OPD_ESTIMATORS",
     "LossConfig",
     "aggregation_denom",
     "all_equal_groups",
     "drgrpo_advantages",
     "entropy_bonus",
+    "full_reverse_kl",
     "get",
     "grpo_advantages",
     "kl_k1",
     "kl_k2",
     "kl_k3",
     "masked_mean",
+    "mixture_logp",
+    "opd_reward_advantage",
     "policy_gradient_loss",
     "policy_gradient_objective",
     "ppo_clip_loss",
@@ -76,6 +87,8 @@ __all__ = [
     "seq_mean_token_sum",
     "seq_mean_token_sum_norm",
     "token_mean",
+    "topk_forward_kl",
+    "topk_reverse_kl",
     "vanilla_pg_loss",
 ]
 
@@ -566,6 +579,203 @@ def policy_gradient_loss(
 
 
 # --------------------------------------------------------------------------------------------------
+# On-policy distillation estimators (OPD_ESTIMATORS): what the student is taught from the teacher
+# --------------------------------------------------------------------------------------------------
+#
+# Extra suffixes: `V` vocabulary entries, `K` top-k entries, `M` teachers of a mixture.
+# `*_logq_BTV` are full-vocabulary log-probabilities (log_softmax of the logits) at every response
+# position; padding positions may hold anything (they are replaced by 0 before any arithmetic and
+# their result is selected away, so NaN there leaks into neither values nor gradients).
+#
+# Two kinds of estimator:
+#   "sampled_rkl"  token-level: an ADVANTAGE for the policy-gradient loss, from the log-probs of the
+#                  sampled tokens only (works with any teacher, remote ones included).
+#   the dense ones a per-position LOSS kl_BT, differentiated directly, from both models' full
+#                  distributions (an in-process teacher): "full_rkl", "topk_fkl", "topk_rkl".
+#
+# Gradients of the dense losses are written so that a teacher identical to the student gives an
+# exactly zero gradient, not a rounding-sized one: Adam divides by the gradient's own scale, so a
+# 1e-9 gradient moves a weight by about as much as lr would. Each dense loss's value is the KL; its
+# gradient is the KL's exact gradient with the term sum_b P_s(b) grad log P_s(b) = grad sum_b P_s(b)
+# = 0 dropped (zero in exact arithmetic, rounding noise in float), i.e.
+#   reverse KL: loss = sum_b P_s(b) * sg(log P_s(b) - log P_t(b))       (sg = stop-gradient)
+#   forward KL: gradient of sum_b sg(P_s(b) - P_t(b)) * log P_s(b), value the forward KL itself.
+
+
+def mixture_logp(teacher_logp_M: Tensor) -> Tensor:
+    """Log-prob under the equal-weight mixture of M teachers: log((1/M) sum_m p_m) = logsumexp_m - log M.
+
+    `teacher_logp_M...`: the teachers' log-probs stacked on dim 0 (any trailing shape: `M x B x T`
+    of sampled tokens, or `M x B x T x V` full distributions, which gives the mixture distribution
+    itself, since the mixture of distributions is taken entry by entry). One teacher (M = 1) is
+    returned unchanged (bit for bit). Why the mixture: "several teachers" distils the student
+    towards the distribution that samples a teacher at random and then a token from it; it is the
+    one combination that is itself a distribution, so every estimator applies to it unchanged.
+    """
+    if teacher_logp_M.dim() < 1 or teacher_logp_M.shape[0] < 1:
+        raise ValueError(
+            f"teacher_logp_M needs at least one teacher on dim 0, got {tuple(teacher_logp_M.shape)}"
+        )
+    n_teachers = teacher_logp_M.shape[0]
+    if n_teachers == 1:
+        return teacher_logp_M[0]
+    return torch.logsumexp(teacher_logp_M, dim=0) - math.log(n_teachers)
+
+
+def _check_dense(student_logq_BTV: Tensor, teacher_logq_BTV: Tensor, mask_BT: Tensor) -> tuple[Tensor, ...]:
+    """Shapes checked; padding replaced by 0 (constants) in both inputs; the mask as bool."""
+    if student_logq_BTV.dim() != 3 or student_logq_BTV.shape != teacher_logq_BTV.shape:
+        raise ValueError(
+            "student_logq_BTV and teacher_logq_BTV must be B x T x V with the same shape, got "
+            f"{tuple(student_logq_BTV.shape)} and {tuple(teacher_logq_BTV.shape)}"
+        )
+    if tuple(mask_BT.shape) != tuple(student_logq_BTV.shape[:2]):
+        raise ValueError(
+            f"mask_BT {tuple(mask_BT.shape)} does not match B x T {tuple(student_logq_BTV.shape[:2])}"
+        )
+    mask_BT = mask_BT.bool().to(student_logq_BTV.device)
+    m_BT1 = mask_BT[..., None]
+    s = torch.where(m_BT1, student_logq_BTV, torch.zeros_like(student_logq_BTV))
+    t = torch.where(m_BT1, teacher_logq_BTV.detach(), torch.zeros_like(student_logq_BTV))
+    return s, t, mask_BT
+
+
+def _rest_log(logq_BTK: Tensor) -> Tensor:
+    """log(1 - sum_k p_k) of the mass outside K entries; a floor (-1e4) where it is (about) empty.
+
+    The floor is taken by selection (torch.where), so no inf/NaN gradient leaves an empty rest.
+    """
+    rest_BT = -torch.expm1(torch.logsumexp(logq_BTK, dim=-1))  # 1 - sum_k p_k, >= 0 up to rounding
+    tiny = torch.finfo(rest_BT.dtype).tiny
+    ok_BT = rest_BT > tiny
+    return torch.where(
+        ok_BT, torch.where(ok_BT, rest_BT, torch.ones_like(rest_BT)).log(), torch.full_like(rest_BT, -1e4)
+    )
+
+
+def _reverse_kl_bins(s_logP_BTb: Tensor, t_logP_BTb: Tensor) -> Tensor:
+    """sum_b P_s(b) * sg(log P_s(b) - log P_t(b)): value KL(P_s || P_t), gradient the exact one (see above)."""
+    return (s_logP_BTb.exp() * (s_logP_BTb - t_logP_BTb).detach()).sum(-1)
+
+
+def _forward_kl_bins(s_logP_BTb: Tensor, t_logP_BTb: Tensor) -> Tensor:
+    """KL(P_t || P_s) = sum_b P_t (log P_t - log P_s) in value; gradient of sum_b sg(P_s - P_t) log P_s."""
+    t_P = t_logP_BTb.exp()
+    value_BT = (t_P * (t_logP_BTb - s_logP_BTb)).sum(-1).detach()
+    sur_BT = ((s_logP_BTb.exp() - t_P).detach() * s_logP_BTb).sum(-1)
+    return value_BT + (sur_BT - sur_BT.detach())
+
+
+def full_reverse_kl(
+    student_logq_BTV: Tensor, teacher_logq_BTV: Tensor, mask_BT: Tensor, k: int = 0
+) -> Tensor:
+    """Exact reverse KL per position: kl[b,t] = sum_v p_s(v) (log p_s(v) - log p_t(v)), 0 on padding.
+
+    The quantity whose per-token sample estimate `sampled_rkl` uses, summed over the whole
+    vocabulary instead of read at the one sampled token: no sampling noise at the visited
+    states. Differentiated directly (gradient p_s(v) (d(v) - kl) w.r.t. the student's logit v,
+    d = log p_s - log p_t; exactly 0 for an identical teacher). `k` is unused (uniform signature).
+    The teacher carries no gradient.
+    """
+    del k
+    s, t, mask_BT = _check_dense(student_logq_BTV, teacher_logq_BTV, mask_BT)
+    kl_BT = _reverse_kl_bins(s, t)
+    return torch.where(mask_BT, kl_BT, torch.zeros_like(kl_BT))
+
+
+def _topk_bins(s: Tensor, t: Tensor, idx_BTK: Tensor) -> tuple[Tensor, Tensor]:
+    """(student, teacher) log-probs of the K+1 bins: the K chosen entries, then the rest of V."""
+    s_K, t_K = s.gather(-1, idx_BTK), t.gather(-1, idx_BTK)
+    s_bins = torch.cat([s_K, _rest_log(s_K)[..., None]], dim=-1)
+    t_bins = torch.cat([t_K, _rest_log(t_K)[..., None]], dim=-1)
+    return s_bins, t_bins
+
+
+def _check_k(k: int, vocab: int) -> int:
+    if int(k) < 1:
+        raise ValueError(f"top-k estimators need k >= 1, got {k}")
+    return min(int(k), vocab)
+
+
+def topk_forward_kl(student_logq_BTV: Tensor, teacher_logq_BTV: Tensor, mask_BT: Tensor, k: int) -> Tensor:
+    """Forward KL on the teacher's top-k tokens plus one "rest" bin, per position; 0 on padding.
+
+        S = the teacher's k most likely tokens at (b, t);  r_x = 1 - sum_{v in S} p_x(v)
+        kl[b,t] = sum_{v in S} p_t(v) (log p_t(v) - log p_s(v)) + r_t (log r_t - log r_s)
+
+    The exact forward KL(teacher || student) between the two distributions coarsened to the
+    k + 1 bins {each v in S, everything else}: >= 0, 0 iff the student matches the teacher on S
+    and on the rest's total mass, never above the full forward KL (data processing). The
+    choice, against the two obvious alternatives: the bare partial sum over S (the first term
+    alone) and renormalising the teacher over S both have their minimum at the teacher's
+    distribution *renormalised to S*, not at the teacher: a student equal to the teacher still
+    gets a gradient, towards a sharper, truncated copy. The rest bin removes that bias and
+    costs one number per position. Forward KL is mass-covering (the student is pushed to put
+    mass wherever the teacher does), the usual logit-distillation loss. k >= V is the full
+    forward KL. Ties in the teacher's top-k are broken by `torch.topk`.
+    """
+    s, t, mask_BT = _check_dense(student_logq_BTV, teacher_logq_BTV, mask_BT)
+    k = _check_k(k, s.shape[-1])
+    idx_BTK = t.topk(k, dim=-1).indices
+    kl_BT = _forward_kl_bins(*_topk_bins(s, t, idx_BTK))
+    return torch.where(mask_BT, kl_BT, torch.zeros_like(kl_BT))
+
+
+def topk_reverse_kl(student_logq_BTV: Tensor, teacher_logq_BTV: Tensor, mask_BT: Tensor, k: int) -> Tensor:
+    """Reverse KL on the student's top-k tokens plus one "rest" bin, per position; 0 on padding.
+
+        S = the student's k most likely tokens at (b, t) (chosen without gradient);
+        r_x = 1 - sum_{v in S} p_x(v)
+        kl[b,t] = sum_{v in S} p_s(v) (log p_s(v) - log p_t(v)) + r_s (log r_s - log r_t)
+
+    The exact reverse KL(student || teacher) of the distributions coarsened to the k + 1 bins
+    (why the rest bin: as `topk_forward_kl`): mode-seeking like `full_reverse_kl`, on the tokens
+    the student would actually emit, with the teacher's log-prob needed at k entries only. A
+    lower bound of `full_reverse_kl`, equal to it at k >= V.
+    """
+    s, t, mask_BT = _check_dense(student_logq_BTV, teacher_logq_BTV, mask_BT)
+    k = _check_k(k, s.shape[-1])
+    idx_BTK = s.detach().topk(k, dim=-1).indices
+    kl_BT = _reverse_kl_bins(*_topk_bins(s, t, idx_BTK))
+    return torch.where(mask_BT, kl_BT, torch.zeros_like(kl_BT))
+
+
+def opd_reward_advantage(
+    kl_adv_BT: Tensor, rewards_GN: Tensor, mask_BT: Tensor, reward_coef: float, eps: float = 1e-6
+) -> Tensor:
+    """OPD plus the verifiable reward: adv[b,t] = kl_adv[b,t] + reward_coef * grpo(rewards)[b], 0 on padding.
+
+    `rewards_GN`: each row's reward, G prompts x N samples, rows ordered prompt-major
+    (row b = g * N + i), as the sampler returns them; `grpo_advantages` normalises them
+    within each group (all-equal groups: 0). `kl_adv_BT` is the distillation advantage
+    (`reverse_kl_advantage` for `sampled_rkl`; zeros for a dense estimator, whose KL is a
+    loss term of its own). reward_coef = 0 returns `kl_adv_BT` masked, unchanged.
+    """
+    if kl_adv_BT.shape != mask_BT.shape:
+        raise ValueError(f"kl_adv_BT {tuple(kl_adv_BT.shape)} and mask_BT {tuple(mask_BT.shape)} differ")
+    mask_BT = mask_BT.bool()
+    adv_BT = kl_adv_BT.detach()
+    if reward_coef:
+        r_B = grpo_advantages(rewards_GN, eps).reshape(-1).to(adv_BT)
+        if r_B.shape[0] != adv_BT.shape[0]:
+            raise ValueError(f"rewards_GN has {r_B.shape[0]} rows, kl_adv_BT {adv_BT.shape[0]}")
+        adv_BT = adv_BT + reward_coef * r_B[:, None]
+    return torch.where(mask_BT, adv_BT, torch.zeros_like(adv_BT))
+
+
+OPD_ESTIMATORS: dict[str, Callable[..., Tensor]] = {
+    # token-level: (student_logp_BT, teacher_logp_BT, mask_BT) -> adv_BT, a policy-gradient advantage
+    "sampled_rkl": reverse_kl_advantage,
+    # dense: (student_logq_BTV, teacher_logq_BTV, mask_BT, k) -> kl_BT, a loss (differentiated)
+    "full_rkl": full_reverse_kl,
+    "topk_fkl": topk_forward_kl,
+    "topk_rkl": topk_reverse_kl,
+}
+DENSE_OPD_ESTIMATORS = ("full_rkl", "topk_fkl", "topk_rkl")  # need full distributions of both models
+TOPK_OPD_ESTIMATORS = ("topk_fkl", "topk_rkl")  # read k (OPDConfig.topk)
+
+
+# --------------------------------------------------------------------------------------------------
 # Training objectives: what the trainer backpropagates, one micro-batch at a time
 # --------------------------------------------------------------------------------------------------
 #
@@ -686,6 +896,7 @@ REGISTRIES: dict[str, Mapping[str, Callable[..., Any]]] = {
     "aggregations": AGGREGATIONS,
     "kl_estimators": KL_ESTIMATORS,
     "objectives": OBJECTIVES,
+    "opd_estimators": OPD_ESTIMATORS,
 }
 
 

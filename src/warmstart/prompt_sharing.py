@@ -39,7 +39,7 @@ from warmstart.scoring import (
     mm_token_types_from_ids,
 )
 
-__all__ = ["score_rollouts_shared_prompts"]
+__all__ = ["response_logq", "rows_per_prompt", "score_rows", "score_rollouts_shared_prompts"]
 
 
 def _cache_of(output: Any) -> Any:
@@ -47,24 +47,17 @@ def _cache_of(output: Any) -> Any:
     return cache if cache is not None else output.past_key_values
 
 
-def score_rollouts_shared_prompts(
-    model: Any,
-    rollouts: Rollouts,
-    with_entropy: bool = True,
-    chunk_size: int = 1024,
-    grad: bool = False,
-    temperature: float = 1.0,
-    suppress_ids: Sequence[int] | str | None = AUTO,
-) -> TokenScores:
-    """:func:`warmstart.scoring.score_rollouts` (same arguments, same result) with one prompt forward per prompt.
+def _response_states(model: Any, rollouts: Rollouts, grad: bool, suppress_ids: Sequence[int] | str | None):
+    """The shared-prompt forward up to the LM head: what predicts each response token.
 
-    Returns :class:`TokenScores` of shape ``B x T``, zero where ``response_mask_BT`` is False.
+    Returns ``(pred_BTH, resp_ids_BT, mask_BT, head, suppress)``: ``pred_BTH[b, t]`` is the
+    last hidden state that predicts response token ``t`` of row ``b`` (steps 1-4 above),
+    ``head`` the LM head module and ``suppress`` the resolved suppressed ids.
     """
     if isinstance(suppress_ids, str) and suppress_ids == AUTO:
         suppress_ids = list(rollouts.suppressed_ids or ()) or VISION
     base, head = _base_and_head(model)
     weight_VH = head.weight
-    bias_V = getattr(head, "bias", None)
     suppress = _resolve_suppress(model, suppress_ids, weight_VH.shape[0])
     device = weight_VH.device
     mask_BT = rollouts.response_mask_BT.to(device)
@@ -108,15 +101,33 @@ def score_rollouts_shared_prompts(
         # Predictors: the prompt's last column for token 0, response column t - 1 for token t.
         last_BH = prompt_out.last_hidden_state[:, -1][row_to_u_B]
         pred_BTH = torch.cat([last_BH[:, None], hidden_BTH[:, :-1]], dim=1)
+    return pred_BTH, resp_ids_BT, mask_BT, head, suppress
+
+
+def score_rollouts_shared_prompts(
+    model: Any,
+    rollouts: Rollouts,
+    with_entropy: bool = True,
+    chunk_size: int = 1024,
+    grad: bool = False,
+    temperature: float = 1.0,
+    suppress_ids: Sequence[int] | str | None = AUTO,
+) -> TokenScores:
+    """:func:`warmstart.scoring.score_rollouts` (same arguments, same result) with one prompt forward per prompt.
+
+    Returns :class:`TokenScores` of shape ``B x T``, zero where ``response_mask_BT`` is False.
+    """
+    pred_BTH, resp_ids_BT, mask_BT, head, suppress = _response_states(model, rollouts, grad, suppress_ids)
+    with torch.set_grad_enabled(grad):
         rows_N, slots_N = mask_BT.nonzero(as_tuple=True)
         logp_N, entropy_N = chunked_logp_entropy(
             pred_BTH[rows_N, slots_N],
-            weight_VH,
+            head.weight,
             resp_ids_BT[rows_N, slots_N],
             chunk_size=chunk_size,
             with_entropy=with_entropy,
             temperature=temperature,
-            bias_V=bias_V,
+            bias_V=getattr(head, "bias", None),
             suppress_ids=suppress,
         )
         logp_BT = logp_N.new_zeros(mask_BT.shape).index_put((rows_N, slots_N), logp_N)
@@ -124,6 +135,55 @@ def score_rollouts_shared_prompts(
         if entropy_N is not None:
             entropy_BT = entropy_N.new_zeros(mask_BT.shape).index_put((rows_N, slots_N), entropy_N)
     return TokenScores(logp_BT=logp_BT, entropy_BT=entropy_BT)
+
+
+def response_logq(
+    model: Any,
+    rollouts: Rollouts,
+    grad: bool = False,
+    temperature: float = 1.0,
+    suppress_ids: Sequence[int] | str | None = AUTO,
+    vocab: int | None = None,
+) -> torch.Tensor:
+    """The full next-token distribution at every response position: ``log_softmax`` logits, ``B x T x V``.
+
+    What OPD's dense estimators (:data:`warmstart.losses.OPD_ESTIMATORS`) compare, student
+    (``grad=True``) and in-process teacher alike, from the same forward as
+    :func:`score_rollouts_shared_prompts` (each prompt once), so a teacher identical to the
+    student gives the very same numbers. The logits are those the scorer and the sampler
+    use (suppressed ids set to ``SUPPRESS_LOGIT``, then divided by ``temperature``), in float32.
+
+    Unlike the chunked scorer this *materialises* ``N x V`` logits (N = real response tokens)
+    and, with ``grad``, keeps them for backward: memory grows with the vocabulary (152k for
+    Qwen2.5-VL); bound it with the update's micro-batch. ``vocab``: keep the first ``vocab``
+    entries (renormalised over them): a teacher whose head is wider than the student's
+    (padding ids, e.g. 152,064 vs 151,936) is compared on the student's vocabulary; a head
+    narrower than ``vocab`` is an error. Zero at padding positions.
+    """
+    from warmstart.scoring import _chunk_logits, _suppress_index
+
+    pred_BTH, _, mask_BT, head, suppress = _response_states(model, rollouts, grad, suppress_ids)
+    weight_VH = head.weight
+    n_vocab = weight_VH.shape[0]
+    if vocab is not None and vocab > n_vocab:
+        raise ValueError(f"this model's vocabulary ({n_vocab}) is smaller than the {vocab} asked for")
+    with torch.set_grad_enabled(grad):
+        rows_N, slots_N = mask_BT.nonzero(as_tuple=True)
+        hidden_NH = pred_BTH[rows_N, slots_N]
+        dtype = torch.promote_types(hidden_NH.dtype, torch.float32)
+        bias_V = getattr(head, "bias", None)
+        z_NV = _chunk_logits(
+            hidden_NH.to(dtype),
+            weight_VH.to(dtype),
+            None if bias_V is None else bias_V.to(dtype),
+            temperature,
+            _suppress_index(suppress, n_vocab, weight_VH.device),
+        )
+        if vocab is not None and vocab < n_vocab:
+            z_NV = z_NV[:, :vocab]
+        logq_NV = torch.log_softmax(z_NV, dim=-1)
+        out_BTV = logq_NV.new_zeros((*mask_BT.shape, logq_NV.shape[-1]))
+        return out_BTV.index_put((rows_N, slots_N), logq_NV)
 
 
 def rows_per_prompt(rollouts: Rollouts) -> float:

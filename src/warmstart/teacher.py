@@ -182,6 +182,28 @@ class InProcessScorer(Scorer):
         _check_logprobs(scores.logp_BT, rollouts)
         return scores
 
+    def logq(self, rollouts: Rollouts, vocab: int | None = None) -> torch.Tensor:
+        """The teacher's full next-token distribution at every response position: ``B x T x V`` log-probs.
+
+        For OPD's dense estimators (:data:`warmstart.losses.DENSE_OPD_ESTIMATORS`), from the
+        forward the student's update runs (:func:`warmstart.prompt_sharing.response_logq`),
+        so an identical teacher gives identical numbers. ``vocab``: compare on the student's
+        vocabulary (the first ``vocab`` entries, renormalised). Memory: ``N x V`` float32
+        (N = real response tokens of ``rollouts``); the OPD stage asks one micro-batch at a time.
+        """
+        from warmstart.prompt_sharing import response_logq
+
+        with torch.no_grad():
+            logq_BTV = response_logq(self.model, rollouts, grad=False, vocab=vocab)
+        mask_BT = rollouts.response_mask_BT.to(logq_BTV.device)
+        if not bool(torch.isfinite(logq_BTV[mask_BT]).all()):
+            b, t = (int(i) for i in (mask_BT & ~torch.isfinite(logq_BTV).all(-1)).nonzero()[0])
+            raise TeacherError(
+                f"in-process teacher gave a non-finite log-prob at {_row_name(rollouts, b)}, response "
+                f"position {t} (a teacher with non-finite weights?)"
+            )
+        return logq_BTV
+
 
 def _row_name(rollouts: Rollouts, b: int) -> str:
     """``row <b> (problem <id>)``: the batch row and the problem it samples."""

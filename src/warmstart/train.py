@@ -321,7 +321,9 @@ class Trainer:
             g["lr"] = self.optim_cfg.lr * mult * g.get("lr_mult", 1.0)
         return self.optim_cfg.lr * mult
 
-    def update(self, batch: TrainBatch, micro_batch: int = 16, with_entropy: bool = True) -> StepStats:
+    def update(
+        self, batch: TrainBatch, micro_batch: int = 16, with_entropy: bool = True, loss_fn=None
+    ) -> StepStats:
         """One optimizer step on all rows of ``batch`` (the global batch).
 
         Rows are split into micro-batches of ``micro_batch``; under N processes each
@@ -334,6 +336,12 @@ class Trainer:
         After the step the global parameter norm is checked: non-finite or above
         :data:`EXPLODED_NORM_FACTOR` x its starting value raises :class:`TrainingDiverged`
         (there is no copy to restore, and those weights must never be saved).
+
+        ``loss_fn(model, mb, denom) -> (loss, stats)``, when given, computes each micro-batch's
+        loss in place of the scoring forward + ``loss.objective`` (a loss that needs more than
+        the sampled tokens' scores: OPD's dense estimators, :mod:`warmstart.stages.opd`); its
+        stats are an objective's (keys of ``OBJECTIVE_STATS``); no entropy is logged then.
+        Everything else (micro-batches, denominators, processes, skipping, clipping) is the same.
         """
         from warmstart.prompt_sharing import score_rows
 
@@ -362,14 +370,18 @@ class Trainer:
             mb = batch.select(list(range(s, min(B, s + micro_batch))))
             # rows that share a prompt (GRPO's n samples) run that prompt once; not under
             # FSDP, where the LM head must run inside the head module's own forward
-            scores = score_rows(
-                self.model, mb.rollouts, share=not self.sharded, with_entropy=need_entropy, grad=True
-            )
-            total, terms = objective(mb, scores, cfg, denom)
+            if loss_fn is None:
+                scores = score_rows(
+                    self.model, mb.rollouts, share=not self.sharded, with_entropy=need_entropy, grad=True
+                )
+                total, terms = objective(mb, scores, cfg, denom)
+            else:
+                scores = None
+                total, terms = loss_fn(self.model, mb, denom)
             unknown = sorted(set(terms) - set(losses.OBJECTIVE_STATS))
             if unknown:
                 raise ValueError(
-                    f"objective {cfg.objective!r} returned stats {unknown}; "
+                    f"objective {cfg.objective if loss_fn is None else loss_fn!r} returned stats {unknown}; "
                     f"valid: {list(losses.OBJECTIVE_STATS)}"
                 )
             if not real:
@@ -386,7 +398,7 @@ class Trainer:
             sums["loss"] += float(total.detach())
             for k, v in terms.items():
                 sums[k] += v
-            if scores.entropy_BT is not None:
+            if scores is not None and scores.entropy_BT is not None:
                 sums["ent"] += float((scores.entropy_BT.detach() * mb.mask_BT).sum())
         grad_norm = float("nan")
         params = [p for g in self.optimizer.param_groups for p in g["params"]]

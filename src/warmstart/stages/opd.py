@@ -14,6 +14,13 @@ reverse KL, entropy and -log p are the sampler's exact per-token values (tempera
 in-process engine). Otherwise (another backend, a temperature other than 1, several
 epochs without exact sampler log-probs) the student is scored once, as before.
 
+What the student is taught is ``estimator`` (:data:`warmstart.losses.OPD_ESTIMATORS`,
+docs/OPD_ESTIMATORS.md): ``sampled_rkl`` (the default, above) or a dense loss on both full
+distributions (``full_rkl``, ``topk_fkl``, ``topk_rkl``; in-process teachers), computed in the
+update micro-batch by micro-batch (:class:`DenseDistillation`, ``Trainer.update``'s
+``loss_fn``). ``reward_coef`` adds the GRPO-normalised verifiable reward to the advantage;
+``extra_teachers`` make the teacher the mixture of several.
+
 Checkpoints: with ``eval_every`` > 0 the run is selected by the rule SFT uses
 (:mod:`warmstart.stages.selection`): greedy accuracy on ``val_split`` every
 ``eval_every`` steps, ``best/`` (the early arm), an ``over`` run going on to
@@ -27,8 +34,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Literal
+
+import torch
 
 from warmstart import losses
 from warmstart.batch import sampler_logp_is_exact
@@ -80,6 +90,21 @@ class OPDConfig:
             ``teacher_timeout_s x (1 + teacher_retries)`` per request, plus short backoffs).
         teacher_retries: retries after the first attempt of an HTTP teacher request, on
             connection errors, timeouts and 5xx (never on 4xx).
+        estimator: what the student is taught from the teacher, a key of
+            :data:`warmstart.losses.OPD_ESTIMATORS` (docs/OPD_ESTIMATORS.md): ``sampled_rkl``
+            (default: the per-token reverse KL of the sampled tokens as the policy-gradient
+            advantage; any teacher), or a dense loss on both full distributions, which needs
+            an in-process teacher: ``full_rkl`` (exact reverse KL over the vocabulary),
+            ``topk_fkl`` (forward KL on the teacher's ``topk`` tokens + the rest),
+            ``topk_rkl`` (reverse KL on the student's ``topk`` tokens + the rest).
+        topk: k of the top-k estimators (``topk_fkl``, ``topk_rkl``), >= 1; 0 (unset) for the others.
+        reward_coef: weight of the verifiable reward (the grader's correctness, 0/1) added to
+            the distillation signal: advantage += ``reward_coef`` x the GRPO group-normalised
+            reward of the row (:func:`warmstart.losses.opd_reward_advantage`; the ``n`` samples
+            of a prompt are its group); 0: off (pure distillation).
+        extra_teachers: more teacher checkpoint directories: the teacher is then the
+            equal-weight mixture of ``teacher`` and these (:func:`warmstart.losses.mixture_logp`,
+            token log-probs or full distributions); in-process teachers only.
         data: problem data (path understood by ``load_problems``); must be set when the stage runs.
         out_dir: run directory.
         train_split: split with the training prompts.
@@ -123,6 +148,10 @@ class OPDConfig:
     teacher_protocol: Literal["chat", "tokens"] = "chat"
     teacher_timeout_s: float = 60.0
     teacher_retries: int = 3
+    estimator: str = "sampled_rkl"
+    topk: int = 0
+    reward_coef: float = 0.0
+    extra_teachers: tuple[str, ...] = ()
     out_dir: str = "runs/opd"
     train_split: str = "train"
     train_problems: int = 0
@@ -160,6 +189,45 @@ class OPDConfig:
             raise ConfigError("eval_every must be >= 0, over_multiple >= 1 and patience >= 1")
         if self.matched_target is not None and not self.eval_every:
             raise ConfigError("matched_target needs eval_every > 0 (the matched checkpoint is a validation)")
+        self._validate_estimator()
+
+    def _validate_estimator(self) -> None:
+        if self.estimator not in losses.OPD_ESTIMATORS:
+            raise ConfigError(
+                f"estimator {self.estimator!r} is not one of {sorted(losses.OPD_ESTIMATORS)} "
+                "(docs/OPD_ESTIMATORS.md)"
+            )
+        dense = self.estimator in losses.DENSE_OPD_ESTIMATORS
+        if self.estimator in losses.TOPK_OPD_ESTIMATORS:
+            if self.topk < 1:
+                raise ConfigError(f"estimator {self.estimator!r}: topk must be >= 1, got {self.topk}")
+        elif self.topk != 0:
+            raise ConfigError(
+                f"topk = {self.topk} is read only by {list(losses.TOPK_OPD_ESTIMATORS)}, not by "
+                f"estimator {self.estimator!r}: remove it"
+            )
+        if not (math.isfinite(self.reward_coef) and self.reward_coef >= 0):
+            raise ConfigError(f"reward_coef must be finite and >= 0 (0 = off), got {self.reward_coef}")
+        remote = self.teacher.startswith(("http://", "https://"))
+        if remote and dense:
+            raise ConfigError(
+                f"estimator {self.estimator!r} needs the teacher's full distribution, which an HTTP "
+                f"teacher ({self.teacher}) does not send: an HTTP teacher supports only "
+                "estimator = 'sampled_rkl' (or use a teacher checkpoint directory)"
+            )
+        if remote and self.extra_teachers:
+            raise ConfigError(
+                f"extra_teachers with an HTTP teacher ({self.teacher}): the teacher mixture needs "
+                "in-process teachers (checkpoint directories) only"
+            )
+        for t in self.extra_teachers:
+            if not t or t.startswith(("http://", "https://")):
+                raise ConfigError(f"extra_teachers: {t!r} is not a teacher checkpoint directory")
+        if dense and self.parallel.strategy == "fsdp":
+            raise ConfigError(
+                f"estimator {self.estimator!r} reads the LM head's weight directly, which FSDP "
+                "shards: use parallel.strategy = 'ddp' (or estimator = 'sampled_rkl')"
+            )
 
 
 def make_teacher(cfg: OPDConfig, student_tokenizer=None):
@@ -183,6 +251,117 @@ def make_teacher(cfg: OPDConfig, student_tokenizer=None):
     return InProcessScorer(load_frozen(cfg.teacher, cfg.parallel).model)
 
 
+def make_teachers(cfg: OPDConfig, student_tokenizer=None, teacher=None) -> list:
+    """``[teacher, *extra_teachers]`` as scorers (``teacher``: an already built first one)."""
+    from warmstart.teacher import InProcessScorer
+
+    first = teacher or make_teacher(cfg, student_tokenizer)
+    extra = [InProcessScorer(load_frozen(path, cfg.parallel).model) for path in cfg.extra_teachers]
+    teachers = [first, *extra]
+    if cfg.estimator in losses.DENSE_OPD_ESTIMATORS:
+        for t in teachers:
+            if not callable(getattr(t, "logq", None)):
+                raise ConfigError(
+                    f"estimator {cfg.estimator!r} needs each teacher's full distribution; "
+                    f"{type(t).__name__} gives only sampled-token log-probs (use an in-process teacher)"
+                )
+    return teachers
+
+
+def teacher_logp(teachers: list, rollouts) -> torch.Tensor:
+    """The teachers' log-prob of every sampled token: the one teacher's, else their mixture's."""
+    if len(teachers) == 1:
+        return teachers[0].score(rollouts).logp_BT
+    return losses.mixture_logp(torch.stack([t.score(rollouts).logp_BT for t in teachers]))
+
+
+def rewards_of(grades: list, rollouts, n: int) -> torch.Tensor:
+    """The verifiable reward (correct: 1, else 0) of each row, as ``G x N`` groups of one prompt's samples."""
+    prompt_B = torch.as_tensor(rollouts.prompt_index_B)
+    groups = len(grades) // n
+    if len(grades) != groups * n or not torch.equal(prompt_B, torch.arange(groups).repeat_interleave(n)):
+        raise ValueError(
+            "reward_coef needs the sampler's prompt-major rows (n samples of each prompt in turn)"
+        )
+    return torch.tensor([float(x.correct) for x in grades]).view(groups, n)
+
+
+class DenseDistillation:
+    """``Trainer.update``'s ``loss_fn`` for the dense estimators, one micro-batch at a time.
+
+    loss = AGG(OPD_ESTIMATORS[estimator](student_logq, teacher_logq, mask, topk))     (loss.agg)
+         + policy_gradient_loss(student_logp, old_logp, batch.adv_BT)     when ``reward``
+
+    ``student_logq``: the student's full distribution from the update's own forward
+    (:func:`warmstart.prompt_sharing.response_logq`, with gradient); ``teacher_logq``: the
+    teachers' (:meth:`warmstart.teacher.InProcessScorer.logq`, their equal-weight mixture when
+    several), scored here micro-batch by micro-batch so that no teacher's ``N x V`` tensor of
+    the whole batch is ever held. ``batch.adv_BT`` carries ``reward_coef`` x the group-normalised
+    reward (the KL itself is the first term, not an advantage). Sums the sampled-token reverse
+    KL (``log p_s(y) - log p_t(y)``) of the micro-batches it sees, for the stage's log.
+    """
+
+    def __init__(self, teachers: list, estimator: str, topk: int, loss_cfg: LossConfig, reward: bool):
+        self.teachers, self.topk, self.cfg, self.reward = teachers, topk, loss_cfg, reward
+        self.estimator = estimator
+        self.fn = losses.get("opd_estimators", estimator)
+        self.rkl_sum, self.tokens = 0.0, 0
+
+    def __repr__(self) -> str:
+        return f"DenseDistillation({self.estimator!r})"
+
+    def __call__(self, model, mb: TrainBatch, denom: float):
+        from warmstart.prompt_sharing import response_logq
+
+        cfg, ro = self.cfg, mb.rollouts
+        s_logq_BTV = response_logq(model, ro, grad=True)
+        device, vocab = s_logq_BTV.device, s_logq_BTV.shape[-1]
+        t_logq_BTV = losses.mixture_logp(
+            torch.stack([t.logq(ro, vocab=vocab).to(device) for t in self.teachers])
+        )
+        mask_BT = ro.response_mask_BT.to(device)
+        kl_BT = self.fn(s_logq_BTV, t_logq_BTV, mask_BT, self.topk)
+        kl = losses.get("aggregations", cfg.agg)(kl_BT, mask_BT, norm=cfg.norm, denom=denom)
+        ids_BT1 = ro.response_ids_BT.to(device)[..., None]
+        s_logp_BT = s_logq_BTV.gather(-1, ids_BT1).squeeze(-1)
+        t_logp_BT = t_logq_BTV.gather(-1, ids_BT1).squeeze(-1)
+        self.rkl_sum += float(((s_logp_BT.detach() - t_logp_BT) * mask_BT).sum())
+        self.tokens += int(mask_BT.sum())
+        total, stats = kl, {"kl": float(kl.detach()), "pg_loss": 0.0, "clipped_tokens": 0.0}
+        if self.reward:
+            old_BT = s_logp_BT.detach() if mb.old_logp_BT is None else mb.old_logp_BT.to(device)
+            pg, pg_stats = losses.policy_gradient_loss(
+                s_logp_BT,
+                old_BT,
+                mb.adv_BT.to(device),
+                mask_BT,
+                loss=cfg.policy_loss,
+                agg=cfg.agg,
+                clip_low=cfg.clip_low,
+                clip_high=cfg.clip_high,
+                dual_clip=cfg.dual_clip,
+                norm=cfg.norm,
+                denom=denom,
+            )
+            total = total + pg
+            stats["pg_loss"] = float(pg.detach())
+            stats["clipped_tokens"] = pg_stats["clip_frac"] * int(mask_BT.sum())
+        return total, stats
+
+    def reset(self) -> None:
+        """Forget the sampled-token reverse KL summed so far (call before an update)."""
+        self.rkl_sum, self.tokens = 0.0, 0
+
+    def sampled_reverse_kl(self) -> float:
+        """Token mean of ``log p_s(y) - log p_t(y)`` over the micro-batches since :meth:`reset` (all processes)."""
+        from warmstart import distributed as dist_util
+
+        total = torch.tensor([self.rkl_sum, float(self.tokens)], dtype=torch.float64)
+        if torch.distributed.is_initialized() and dist_util.world_size() > 1:
+            total = dist_util.all_reduce_sum(total).cpu()
+        return float(total[0] / total[1].clamp(min=1))
+
+
 def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, teacher=None) -> dict:
     """Run OPD; returns the result dict also written to ``<out_dir>/result.json``."""
     from warmstart.grading import grade
@@ -197,7 +376,13 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
     policy, trainer, extra = open_training(
         run, cfg.init, resume, cfg.optim, cfg.loss, cfg.steps * cfg.update_epochs, parallel=cfg.parallel
     )
-    teacher = teacher or make_teacher(cfg, policy.processor.tokenizer)
+    teachers = make_teachers(cfg, policy.processor.tokenizer, teacher)
+    dense = cfg.estimator in losses.DENSE_OPD_ESTIMATORS
+    dense_loss = (
+        DenseDistillation(teachers, cfg.estimator, cfg.topk, cfg.loss, reward=cfg.reward_coef > 0)
+        if dense
+        else None
+    )
     sampler = make_sampler(cfg.rollout, policy.model, policy.processor)
     logp_exact = sampler_logp_is_exact(sampler, cfg.temperature)
     step = extra.get("rollout_step", 0)
@@ -247,8 +432,11 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
                     ),
                 )
             mask_BT = ro.response_mask_BT
+            g = [grade(t, chunk[int(q)]) for t, q in zip(ro.texts_B, ro.prompt_index_B)]
+            rewards_GN = rewards_of(g, ro, cfg.n) if cfg.reward_coef else None
             with timer("scoring"):
-                t_logp_BT = teacher.score(ro).logp_BT
+                # dense estimators: the teachers score inside the update, one micro-batch at a time
+                t_logp_BT = None if dense else teacher_logp(teachers, ro)
                 # The student's log-probs and entropy: the sampler's own when exact (no
                 # student forward here), else a scoring pass.
                 if logp_exact:
@@ -256,26 +444,41 @@ def train_opd(cfg: OPDConfig, resume: bool = False, show_progress: bool = True, 
                 else:
                     student = score_rollouts(policy.model, ro, with_entropy=True)
                     s_logp_BT, s_entropy_BT = student.logp_BT, student.entropy_BT
-            if cfg.update_epochs == 1 and logp_exact:
+            # the ratio only moves from 1 when the batch is reused
+            old_logp_BT = s_logp_BT if cfg.update_epochs > 1 else None
+            if dense:
+                # the KL is the loss (DenseDistillation); the advantage carries the reward only
+                zero_BT = torch.zeros(mask_BT.shape)
+                adv_BT = losses.opd_reward_advantage(zero_BT, rewards_GN, mask_BT, cfg.reward_coef)
+                batch = TrainBatch(ro, adv_BT, old_logp_BT=old_logp_BT)
+            elif cfg.update_epochs == 1 and logp_exact and not cfg.reward_coef:
                 # The advantage from the update's own forward (TrainBatch.distillation): a
                 # teacher identical to the student gives exactly zero there.
                 batch = TrainBatch.distillation(ro, t_logp_BT)
             else:
-                batch = TrainBatch(
-                    ro,
-                    losses.reverse_kl_advantage(s_logp_BT, t_logp_BT, mask_BT),
-                    # the ratio only moves from 1 when the batch is reused
-                    old_logp_BT=s_logp_BT if cfg.update_epochs > 1 else None,
-                    teacher_logp_BT=t_logp_BT,
-                )
+                adv_BT = losses.reverse_kl_advantage(s_logp_BT, t_logp_BT, mask_BT)
+                if cfg.reward_coef:
+                    adv_BT = losses.opd_reward_advantage(adv_BT, rewards_GN, mask_BT, cfg.reward_coef)
+                batch = TrainBatch(ro, adv_BT, old_logp_BT=old_logp_BT, teacher_logp_BT=t_logp_BT)
             with timer("update"):
-                for _epoch in range(cfg.update_epochs):
-                    st = trainer.update(batch, micro_batch=cfg.micro_batch, with_entropy=False)
+                for epoch in range(cfg.update_epochs):
+                    if dense_loss is not None:
+                        dense_loss.reset()
+                    st = trainer.update(
+                        batch, micro_batch=cfg.micro_batch, with_entropy=False, loss_fn=dense_loss
+                    )
+                    if dense_loss is not None and epoch == 0:
+                        # both at the weights that sampled the batch (the first pass over it)
+                        sampled_rkl = dense_loss.sampled_reverse_kl()
+                        opd_kl = None if st.skipped else st.kl
                     sampler.sync_weights(policy.model)
             step += 1
-            g = [grade(t, chunk[int(q)]) for t, q in zip(ro.texts_B, ro.prompt_index_B)]
+            if not dense:
+                sampled_rkl = float(losses.masked_mean(s_logp_BT - t_logp_BT, mask_BT))
             row = {
-                "reverse_kl": float(losses.masked_mean(s_logp_BT - t_logp_BT, mask_BT)),
+                "reverse_kl": sampled_rkl,
+                # dense estimators: the estimator's own KL, aggregated as the loss (loss.agg)
+                **({"opd_kl": opd_kl} if dense else {}),
                 "entropy": float(losses.masked_mean(s_entropy_BT, mask_BT)),
                 "neg_logp": float(-losses.masked_mean(s_logp_BT, mask_BT)),
                 "accuracy": sum(x.correct for x in g) / len(g),
