@@ -785,6 +785,31 @@ TOPK_OPD_ESTIMATORS = ("topk_fkl", "topk_rkl")  # read k (OPDConfig.topk)
 # backpropagated; `stats` are python floats, named in OBJECTIVE_STATS, that add up over
 # micro-batches and processes: a fixed list, since every process must all-reduce the same keys.
 
+
+def configured_pg_loss(
+    logp_BT: Tensor,
+    old_logp_BT: Tensor,
+    adv_BT: Tensor,
+    mask_BT: Tensor,
+    cfg: LossConfig,
+    denom: Denom = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """:func:`policy_gradient_loss` with the loss, aggregation and clipping of a :class:`LossConfig`."""
+    return policy_gradient_loss(
+        logp_BT,
+        old_logp_BT,
+        adv_BT,
+        mask_BT,
+        loss=cfg.policy_loss,
+        agg=cfg.agg,
+        clip_low=cfg.clip_low,
+        clip_high=cfg.clip_high,
+        dual_clip=cfg.dual_clip,
+        norm=cfg.norm,
+        denom=denom,
+    )
+
+
 OBJECTIVE_STATS = ("pg_loss", "kl", "clipped_tokens")  # policy-gradient term, KL term, clipped tokens
 
 
@@ -850,19 +875,7 @@ def policy_gradient_objective(
         if batch.teacher_logp_BT is None:
             raise ValueError("adv_BT None (distillation advantage) needs teacher_logp_BT in the TrainBatch")
         adv_BT = reverse_kl_advantage(logp_BT, batch.teacher_logp_BT, mask_BT)
-    pg, pg_stats = policy_gradient_loss(
-        logp_BT,
-        old_logp_BT,
-        adv_BT,
-        mask_BT,
-        loss=cfg.policy_loss,
-        agg=cfg.agg,
-        clip_low=cfg.clip_low,
-        clip_high=cfg.clip_high,
-        dual_clip=cfg.dual_clip,
-        norm=cfg.norm,
-        denom=denom,
-    )
+    pg, pg_stats = configured_pg_loss(logp_BT, old_logp_BT, adv_BT, mask_BT, cfg, denom)
     total = pg
     stats = {"pg_loss": float(pg.detach()), "kl": 0.0}
     if cfg.kl_coef > 0:

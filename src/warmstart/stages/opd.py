@@ -330,18 +330,8 @@ class DenseDistillation:
         total, stats = kl, {"kl": float(kl.detach()), "pg_loss": 0.0, "clipped_tokens": 0.0}
         if self.reward:
             old_BT = s_logp_BT.detach() if mb.old_logp_BT is None else mb.old_logp_BT.to(device)
-            pg, pg_stats = losses.policy_gradient_loss(
-                s_logp_BT,
-                old_BT,
-                mb.adv_BT.to(device),
-                mask_BT,
-                loss=cfg.policy_loss,
-                agg=cfg.agg,
-                clip_low=cfg.clip_low,
-                clip_high=cfg.clip_high,
-                dual_clip=cfg.dual_clip,
-                norm=cfg.norm,
-                denom=denom,
+            pg, pg_stats = losses.configured_pg_loss(
+                s_logp_BT, old_BT, mb.adv_BT.to(device), mask_BT, cfg, denom
             )
             total = total + pg
             stats["pg_loss"] = float(pg.detach())
