@@ -312,3 +312,17 @@ def test_a_study_arm_passes_its_estimator_to_opd():
     bad = _STUDY.replace('estimator = "topk_fkl"\ntopk = 8', 'estimator = "topk_fkl"')
     with pytest.raises(ConfigError, match="topk must be >= 1"):
         parse_study(tomllib.loads(bad))
+
+
+def test_a_dense_estimator_arm_with_an_http_study_teacher_is_refused_when_the_file_is_read():
+    from warmstart.study.config import parse_study
+
+    remote = _STUDY.replace('path = "/ckpt/teacher"', 'path = "http://127.0.0.1:8000/v1"')
+    with pytest.raises(ConfigError, match=r"arm\(s\) \['opd_fkl'\]: extra_teachers .* HTTP server"):
+        parse_study(tomllib.loads(remote))
+    remote = remote.replace('extra_teachers = ["/ckpt/teacher2"]\n', "")
+    with pytest.raises(ConfigError, match=r"arm\(s\) \['opd_fkl'\]: a dense OPD estimator .* HTTP teacher"):
+        parse_study(tomllib.loads(remote))
+    # the sampled estimator is what an HTTP teacher serves: that study reads
+    sampled = remote.replace('estimator = "topk_fkl"\ntopk = 8\n', "")
+    assert [a.stage.estimator for a in parse_study(tomllib.loads(sampled)).arm] == ["sampled_rkl"] * 2

@@ -244,6 +244,23 @@ class StudyConfig:
             raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
         if any(not lr > 0 for lr in self.lr_grid) or len(set(self.lr_grid)) != len(self.lr_grid):
             raise ConfigError(f"lr_grid must list distinct learning rates > 0, got {list(self.lr_grid)}")
+        if self.teacher.path.startswith(("http://", "https://")):
+            from warmstart.losses import DENSE_OPD_ESTIMATORS
+
+            opd = [a for a in self.arm if a.opd is not None]
+            dense = [a.name for a in opd if a.opd.estimator in DENSE_OPD_ESTIMATORS]
+            mixed = [a.name for a in opd if a.opd.extra_teachers]
+            if mixed:
+                raise ConfigError(
+                    f"arm(s) {mixed}: extra_teachers (a teacher mixture) needs in-process teachers, and the "
+                    f"study's teacher is the HTTP server {self.teacher.path}"
+                )
+            if dense:
+                raise ConfigError(
+                    f"arm(s) {dense}: a dense OPD estimator needs the teacher's full distribution, which the "
+                    f"HTTP teacher {self.teacher.path} does not send; use estimator = 'sampled_rkl' there, or a "
+                    "teacher checkpoint directory"
+                )
         matched = [a.name for a in self.arm if a.checkpoint == "matched"]
         if matched and self.stage0 is None:
             raise ConfigError(
