@@ -27,7 +27,9 @@ def test_rms_norm_equals_f_rms_norm_bit_for_bit():
     for rows, width in ((64, 128), (975, 96), (1, 32)):
         h = torch.randn(rows, width, generator=gen) * 3
         w = torch.randn(width, generator=gen)
-        assert torch.equal(_rms_norm(h, w, 1e-6), F.rms_norm(h, (width,), w, 1e-6))
+        ref = F.rms_norm(h, (width,), w, 1e-6)
+        assert torch.equal(_rms_norm(h, w, 1e-6, float(width)), ref)
+        assert torch.equal(_rms_norm(h, w, torch.tensor(1e-6), torch.tensor(float(width))), ref)
 
 
 def test_packed_weights_are_the_model_linears(model):

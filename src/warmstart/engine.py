@@ -181,12 +181,14 @@ def _has_hooks(module: torch.nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
-def _rms_norm(h_NH: Tensor, weight_H: Tensor, eps: float) -> Tensor:
-    """``F.rms_norm`` over the last dim in its own ops (same values bit for bit), in fewer dispatches.
+def _rms_norm(h_NH: Tensor, weight_H: Tensor, eps: Tensor | float, width: Tensor | float) -> Tensor:
+    """``F.rms_norm(h, (H,), weight, eps)`` in its own ops, bit for bit, in fewer dispatches.
 
-    On CPU ``F.rms_norm`` runs ~12 ATen calls (scalar-to-tensor copies included); these are 5.
+    ``eps`` and ``width`` (= H) may be 0-dim tensors of ``h``'s dtype: an in-place op with a
+    Python float converts it to a tensor each call (``mean`` divides in place too). On CPU
+    ``F.rms_norm`` runs ~12 ATen calls; these are 6 (~25% faster at decode size).
     """
-    return torch.mul(h_NH, (h_NH * h_NH).mean(-1, keepdim=True).add_(eps).rsqrt_()).mul_(weight_H)
+    return torch.mul(h_NH, (h_NH * h_NH).sum(-1, keepdim=True).div_(width).add_(eps).rsqrt_()).mul_(weight_H)
 
 
 def _bias_or_zeros(bias: Tensor | None, weight: Tensor) -> Tensor:
@@ -229,7 +231,7 @@ class _Layer:
     w_down_T: Tensor  # I x hidden, contiguous
     b_down: Tensor | None
     act: Callable[[Tensor], Tensor]
-    eps: float
+    eps: Tensor | float  # 0-dim in the weights' dtype where that is exact (see _Decoder.scalar)
 
 
 @dataclass
@@ -287,6 +289,18 @@ class _Decoder:
         self.scale = self.head_dim**-0.5  # the HF attention's `scaling`
         self.rotary = lm.rotary_emb
         self.embed_VH = lm.embed_tokens.weight
+        # 0-dim tensors for the in-place ops of a step (a Python float is converted each call).
+        # Only in float32 / float64, where the op computes in that dtype anyway: a reduced-
+        # precision op computes with a float scalar in float32, so there it stays a float.
+        dtype, device = self.embed_VH.dtype, self.embed_VH.device
+
+        def scalar(value: float) -> Tensor | float:
+            exact = dtype in (torch.float32, torch.float64)
+            return torch.tensor(value, dtype=dtype, device=device) if exact else value
+
+        self.scalar = scalar
+        self.hidden_t = scalar(float(self.hidden))  # the rms_norm's divisor
+        self.scale_t = scalar(self.scale)
         self.layers: list[_Layer] = []
         for layer in lm.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -310,11 +324,11 @@ class _Decoder:
                     w_down_T=w_down.T.contiguous(),
                     b_down=b_down,
                     act=mlp.act_fn,
-                    eps=layer.input_layernorm.variance_epsilon,
+                    eps=self.scalar(layer.input_layernorm.variance_epsilon),
                 )
             )
         self.final_norm_H = lm.norm.weight
-        self.final_eps = lm.norm.variance_epsilon
+        self.final_eps = self.scalar(lm.norm.variance_epsilon)
         # The step applies the MLP's activation in place when it is known to be F.silu.
         self.silu = all(
             type(layer.act) in (torch.nn.SiLU, *_SILU_TYPES) and not _has_hooks(layer.act)
@@ -384,7 +398,7 @@ class _Decoder:
         h = h_QSH.reshape(n_rows * width, self.hidden)
         last_layer = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = _rms_norm(h, layer.ln1_H, layer.eps)
+            x = _rms_norm(h, layer.ln1_H, layer.eps, self.hidden_t)
             qkv = torch.addmm(layer.b_qkv, x, layer.w_qkv_T).view(n_rows, width, -1)
             qk = qkv[..., :n_qk].view(n_rows, width, n_heads + n_kv, head_dim)
             qk = qk * cos + qk.roll(half, -1) * sin
@@ -409,7 +423,7 @@ class _Decoder:
             h = torch.addmm(h, attn, layer.w_o_T)
             if layer.b_o is not None:
                 h = h + layer.b_o
-            x = _rms_norm(h, layer.ln2_H, layer.eps)
+            x = _rms_norm(h, layer.ln2_H, layer.eps, self.hidden_t)
             gate, up = _linear(x, layer.w_gate_up_T, layer.b_gate_up).chunk(2, dim=-1)
             h = torch.addmm(h, layer.act(gate) * up, layer.w_down_T)
             if layer.b_down is not None:
@@ -497,7 +511,7 @@ class _Decoder:
                 for i in range(len(self.layers))
             ]
         )
-        hidden_QH = _rms_norm(torch.cat(last), self.final_norm_H, self.final_eps)
+        hidden_QH = _rms_norm(torch.cat(last), self.final_norm_H, self.final_eps, self.hidden_t)
         return hidden_QH, kv, mask_QP, next_pos_Q
 
     def attend(self, q_BHD: Tensor, layer: int, state: _DecodeState) -> Tensor:
@@ -522,7 +536,7 @@ class _Decoder:
         n_prompts = n_rows // n_per
         n_cols = state.n_generated  # n > 1: the written slots only (no mask needed)
         width = state.prompt_values[layer].shape[1]
-        scores = torch.bmm(q, state.keys_T[layer][..., :n_cols]).mul_(self.scale)
+        scores = torch.bmm(q, state.keys_T[layer][..., :n_cols]).mul_(self.scale_t)
         q_prompt = q.view(n_prompts, n_per, n_kv, group, head_dim).transpose(1, 2)
         q_prompt = q_prompt.reshape(n_prompts * n_kv, n_per * group, head_dim)
         s_prompt = torch.baddbmm(state.prompt_mask, q_prompt, state.prompt_keys_T[layer], alpha=self.scale)
@@ -567,7 +581,7 @@ class _Decoder:
             state.mask.select(2, col).zero_()
         h_BH = F.embedding(token_B, self.embed_VH)
         for i, layer in enumerate(self.layers):
-            x = _rms_norm(h_BH, layer.ln1_H, layer.eps)
+            x = _rms_norm(h_BH, layer.ln1_H, layer.eps, self.hidden_t)
             qkv = torch.addmm(layer.b_qkv, x, layer.w_qkv_T)
             # Rope on q and k at once (adjacent in qkv): x*cos + rotate_half(x)*sin.
             qk = qkv[:, :n_qk].view(n_rows, n_heads + n_kv, head_dim)
@@ -579,11 +593,11 @@ class _Decoder:
             h_BH = torch.addmm(h_BH, self.attend(qk[:, :n_heads], i, state), layer.w_o_T)
             if layer.b_o is not None:
                 h_BH = h_BH + layer.b_o
-            x = _rms_norm(h_BH, layer.ln2_H, layer.eps)
+            x = _rms_norm(h_BH, layer.ln2_H, layer.eps, self.hidden_t)
             h_BH = torch.addmm(h_BH, self.gated(x, layer, state.mlp), layer.w_down_T)
             if layer.b_down is not None:
                 h_BH = h_BH + layer.b_down
-        h_BH = _rms_norm(h_BH, self.final_norm_H, self.final_eps)
+        h_BH = _rms_norm(h_BH, self.final_norm_H, self.final_eps, self.hidden_t)
         return self.head(h_BH)
 
     def generate(
@@ -641,6 +655,7 @@ class _Decoder:
         pos_TB = pos0_B[None, :] + torch.arange(n_new, device=device)[:, None]
         cos_TBD, sin_TBD = cos_ND[pos_TB], sin_ND[pos_TB]
         eos_t = torch.tensor(sorted(eos_ids), device=device)
+        pad_t = torch.tensor(pad_id, device=device)  # a Python int is converted each step
 
         finished_B = torch.zeros(n_rows, dtype=torch.bool, device=device)
         tokens, alive, logps, entropies = [], [], [], []
@@ -651,7 +666,7 @@ class _Decoder:
             )
             if not params.ignore_eos:
                 alive.append(~finished_B)
-                token_B = torch.where(finished_B, pad_id, token_B)
+                token_B = torch.where(finished_B, pad_t, token_B)
                 finished_B = finished_B | torch.isin(token_B, eos_t)
             tokens.append(token_B)
             logps.append(logp_B)
