@@ -70,3 +70,24 @@ def test_gated_keeps_an_unknown_activation_out_of_place(model):
     gate, up = (x @ layer.w_gate_up_T).chunk(2, dim=-1)
     buffer = torch.empty(3, layer.w_gate_up_T.shape[1])
     assert torch.equal(decoder.gated(x, layer, buffer), F.gelu(gate) * up)
+
+
+def test_vision_indices_precomputed_give_the_towers_own_features(model):
+    """The vision tower given its index tensors precomputed (cached per set of grids) returns
+    exactly what it computes itself, for two different sets of grids (one image of several
+    attention windows) and on a repeat."""
+    from warmstart import engine
+
+    decoder = _Decoder(model, suppress_ids=[])
+    vlm = model.model
+    gen = torch.Generator().manual_seed(0)
+    patch = vlm.visual.patch_size
+    per_patch = 3 * vlm.visual.config.temporal_patch_size * patch * patch
+    for grids in ([[1, 4, 4], [1, 4, 4]], [[1, 4, 4], [1, 16, 8], [1, 4, 8]], [[1, 4, 4], [1, 4, 4]]):
+        grid = torch.tensor(grids)
+        pixels = torch.randn(int(grid.prod(-1).sum()), per_patch, generator=gen)
+        assert engine._vision_indices(vlm.visual, grid)  # this transformers takes them precomputed
+        with torch.no_grad():
+            own = torch.cat(list(vlm.get_image_features(pixels, grid, return_dict=True).pooler_output))
+            ours = decoder.image_embeddings(pixels, grid, own.dtype)
+        assert torch.equal(ours, own)

@@ -195,6 +195,49 @@ def _bias_or_zeros(bias: Tensor | None, weight: Tensor) -> Tensor:
     return bias if bias is not None else weight.new_zeros(weight.shape[0])
 
 
+# Image grids -> the vision tower's precomputed index tensors (see _vision_indices).
+_VISION_INDICES: dict[tuple, dict[str, Tensor]] = {}
+_VISION_INDICES_KEPT = 16
+
+
+def _vision_indices(visual: torch.nn.Module, grid_I3: Tensor) -> dict[str, Tensor]:
+    """Keyword arguments that give a Qwen2.5-VL vision tower its index tensors precomputed.
+
+    transformers' vision encoders take ``position_ids``, ``cu_seqlens``, ``window_index``
+    and ``cu_window_seqlens`` as keyword arguments (``transformers.vision_utils``: each is
+    popped when given, else computed by a per-image Python loop). They depend only on the
+    grids and the tower's config, so they are made by those same functions once per set
+    of grids (the last few sets kept) and handed over as a fresh dict each call (the tower
+    pops from it). Empty (the tower computes them) where those functions are missing.
+    """
+    try:
+        from transformers.vision_utils import (
+            get_vision_cu_seqlens,
+            get_vision_position_ids,
+            get_vision_window_index,
+        )
+    except ImportError:  # pragma: no cover - an older transformers computes them itself
+        return {}
+    merge = getattr(visual, "spatial_merge_size", None)
+    window, patch = getattr(visual, "window_size", None), getattr(visual, "patch_size", None)
+    if not all(isinstance(v, int) for v in (merge, window, patch)):
+        return {}
+    key = (merge, window, patch, str(grid_I3.device), tuple(map(tuple, grid_I3.tolist())))
+    if key not in _VISION_INDICES:
+        window_index, cu_window_seqlens = get_vision_window_index(
+            grid_I3, spatial_merge_size=merge, window_size=window, patch_size=patch
+        )
+        if len(_VISION_INDICES) >= _VISION_INDICES_KEPT:
+            del _VISION_INDICES[next(iter(_VISION_INDICES))]
+        _VISION_INDICES[key] = {
+            "position_ids": get_vision_position_ids(grid_I3, merge),
+            "cu_seqlens": get_vision_cu_seqlens(grid_I3),
+            "window_index": window_index,
+            "cu_window_seqlens": cu_window_seqlens,
+        }
+    return dict(_VISION_INDICES[key])
+
+
 def _shared_text_prefix(ids_QP: Tensor, mm_QP: Tensor, start_Q: Tensor) -> int:
     """Length of the text prefix all left-padded prompts share, before any image token.
 
@@ -363,8 +406,14 @@ class _Decoder:
         return cos_1ND[0], sin_ND
 
     def image_embeddings(self, pixels: Tensor, grid_I3: Tensor, dtype: torch.dtype) -> Tensor:
-        """The merged features of all images, image by image (one row per image token), from the model's vision tower."""
-        features = self.vlm.get_image_features(pixels, grid_I3, return_dict=True).pooler_output
+        """The merged features of all images, image by image (one row per image token), from the model's vision tower.
+
+        The tower's index tensors (rope positions, windows, sequence bounds: per-image Python
+        loops, ~5 ms for 64 toy images) come from :func:`_vision_indices`, computed once per
+        set of image grids by transformers' own functions; the tower takes them precomputed.
+        """
+        indices = _vision_indices(self.vlm.visual, grid_I3)
+        features = self.vlm.get_image_features(pixels, grid_I3, return_dict=True, **indices).pooler_output
         return torch.cat(list(features), dim=0).to(dtype)
 
     def prefill_layers(
