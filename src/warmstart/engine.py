@@ -450,7 +450,7 @@ class _Decoder:
             x = _rms_norm(h, layer.ln1_H, layer.eps, self.hidden_t)
             qkv = torch.addmm(layer.b_qkv, x, layer.w_qkv_T).view(n_rows, width, -1)
             qk = qkv[..., :n_qk].view(n_rows, width, n_heads + n_kv, head_dim)
-            qk = qk * cos + qk.roll(half, -1) * sin
+            qk = (qk * cos).add_(qk.roll(half, -1).mul_(sin))  # HF's q*cos + rotate_half(q)*sin, in place
             q = qk[:, :, :n_heads].transpose(1, 2)
             k = qk[:, :, n_heads:].transpose(1, 2)
             v = qkv[..., n_qk:].view(n_rows, width, n_kv, head_dim).transpose(1, 2)
@@ -473,8 +473,7 @@ class _Decoder:
             if layer.b_o is not None:
                 h = h + layer.b_o
             x = _rms_norm(h, layer.ln2_H, layer.eps, self.hidden_t)
-            gate, up = _linear(x, layer.w_gate_up_T, layer.b_gate_up).chunk(2, dim=-1)
-            h = torch.addmm(h, layer.act(gate) * up, layer.w_down_T)
+            h = torch.addmm(h, self.gated(x, layer), layer.w_down_T)
             if layer.b_down is not None:
                 h = h + layer.b_down
         return h, kv
@@ -605,17 +604,19 @@ class _Decoder:
         out = out.view(n_prompts, n_per, n_kv, group, head_dim).add_(out_prompt.transpose(1, 2))
         return out.view(n_rows, self.n_heads * head_dim)
 
-    def gated(self, x_BH: Tensor, layer: _Layer, buffer_BI2: Tensor | None) -> Tensor:
-        """``act(gate) * up`` of the MLP (``B x I``); with a buffer, computed in it, in place."""
-        if buffer_BI2 is None or not self.silu:
-            gate, up = _linear(x_BH, layer.w_gate_up_T, layer.b_gate_up).chunk(2, dim=-1)
-            return layer.act(gate) * up
-        if layer.b_gate_up is None:
-            torch.mm(x_BH, layer.w_gate_up_T, out=buffer_BI2)
+    def gated(self, x_BH: Tensor, layer: _Layer, buffer_BI2: Tensor | None = None) -> Tensor:
+        """``act(gate) * up`` of the MLP (``B x I``), computed in the gate/up output (in
+        ``buffer_BI2`` when given) in place where the activation is known to be silu."""
+        if buffer_BI2 is None:
+            gate_up = _linear(x_BH, layer.w_gate_up_T, layer.b_gate_up)
+        elif layer.b_gate_up is None:
+            gate_up = torch.mm(x_BH, layer.w_gate_up_T, out=buffer_BI2)
         else:
-            torch.addmm(layer.b_gate_up, x_BH, layer.w_gate_up_T, out=buffer_BI2)
-        gate, up = buffer_BI2.chunk(2, dim=-1)
-        return F.silu(gate, inplace=True).mul_(up)
+            gate_up = torch.addmm(layer.b_gate_up, x_BH, layer.w_gate_up_T, out=buffer_BI2)
+        gate, up = gate_up.chunk(2, dim=-1)
+        if self.silu:
+            return F.silu(gate, inplace=True).mul_(up)
+        return layer.act(gate) * up
 
     def step(self, token_B: Tensor, cos_BD: Tensor, sin_BD: Tensor, state: _DecodeState) -> Tensor:
         """Feed one token per row through the language model; return suppressed next-token logits."""
