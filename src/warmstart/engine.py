@@ -478,12 +478,16 @@ class _Decoder:
                 h = h + layer.b_down
         return h, kv
 
-    def prefill(self, batch: PromptBatch) -> tuple[Tensor, list[tuple[Tensor, Tensor]], Tensor, Tensor]:
+    def prefill(
+        self, batch: PromptBatch
+    ) -> tuple[Tensor, list[tuple[int, list[tuple[Tensor, Tensor]]]], Tensor, Tensor]:
         """The prompts through the language model, with the model's own vision tower and positions.
 
-        Returns the final hidden state of the last column (``Q x H``, final-normed), per
-        layer the (keys, values) of the prompt columns (``Q x Hkv x P x D``), the attention
-        mask of those columns (``Q x P``) and each prompt's next position (``Q``).
+        Returns the final hidden state of the last column (``Q x H``, final-normed), the
+        K/V of the prompt columns chunk by chunk (first prompt of the chunk, then per layer
+        (keys, values) ``Q_chunk x Hkv x P x D``: the decode's cache reads each chunk once,
+        with no concatenated copy in between), the attention mask of those columns
+        (``Q x P``) and each prompt's next position (``Q``).
 
         What stays transformers' code: the 3-D positions (``get_rope_index``, mask-aware),
         the vision tower (``get_image_features``) and the rotary module. The image features
@@ -544,23 +548,15 @@ class _Decoder:
         # A few prompts at a time: each chunk's activations stay in the core's cache
         # between the ops of a layer (measured: ~20% faster than all 64 prompts at once).
         rows = max(1, PREFILL_CHUNK_TOKENS // width)
-        last, parts = [], []
+        last, kv_chunks = [], []
         for a in range(0, n_prompts, rows):
             h_CH, kv_part = self.prefill_layers(
                 h_QPH[a : a + rows], pos_3QP[:, a : a + rows], allowed_QSS[a : a + rows], prefix_kv
             )
             last.append(h_CH)
-            parts.append(kv_part)
-        kv = (
-            parts[0]
-            if len(parts) == 1
-            else [
-                (torch.cat([p[i][0] for p in parts]), torch.cat([p[i][1] for p in parts]))
-                for i in range(len(self.layers))
-            ]
-        )
+            kv_chunks.append((a, kv_part))
         hidden_QH = _rms_norm(torch.cat(last), self.final_norm_H, self.final_eps, self.hidden_t)
-        return hidden_QH, kv, mask_QP, next_pos_Q
+        return hidden_QH, kv_chunks, mask_QP, next_pos_Q
 
     def attend(self, q_BHD: Tensor, layer: int, state: _DecodeState) -> Tensor:
         """Attention of one query token per row over its prompt's and its own keys; ``B x (H D)``.
@@ -664,7 +660,7 @@ class _Decoder:
         Returns (tokens_BT, mask_BT, logp_BT, entropy_BT, stopped_B).
         """
         device = self.embed_VH.device
-        hidden_QH, kv, mask_QP, next_pos_Q = self.prefill(batch)
+        hidden_QH, kv_chunks, mask_QP, next_pos_Q = self.prefill(batch)
         n_prompts, width = mask_QP.shape
         n_rows = n_prompts * rows_per_prompt
         n_new = params.max_new_tokens
@@ -678,9 +674,18 @@ class _Decoder:
         prompt_mask_QKP = torch.zeros(n_prompts, n_kv, width, dtype=dtype, device=device)
         prompt_mask_QKP.masked_fill_((mask_QP == 0)[:, None, :], low)
         mask = torch.full((n_rows * n_kv, 1, n_cols), low, dtype=dtype, device=device)
-        # Unwritten slots are zeros, not garbage: 0 * garbage could be NaN.
-        keys_T = [torch.zeros(n_rows * n_kv, head_dim, n_cols, dtype=dtype, device=device) for _ in kv]
-        values = [torch.zeros(n_rows * n_kv, n_cols, head_dim, dtype=dtype, device=device) for _ in kv]
+        # Unwritten slots are zeros, not garbage: 0 * garbage could be NaN. (The prompt's
+        # columns, n = 1, are written below.)
+        n_layers = len(self.layers)
+        keys_T = [
+            torch.empty(n_rows * n_kv, head_dim, n_cols, dtype=dtype, device=device) for _ in range(n_layers)
+        ]
+        values = [
+            torch.empty(n_rows * n_kv, n_cols, head_dim, dtype=dtype, device=device) for _ in range(n_layers)
+        ]
+        for k_T, v in zip(keys_T, values):
+            k_T[..., first_slot:].zero_()
+            v[:, first_slot:].zero_()
         state = _DecodeState(
             keys_T=keys_T,
             values=values,
@@ -690,16 +695,21 @@ class _Decoder:
             mlp=hidden_QH.new_empty(n_rows, self.layers[0].w_gate_up_T.shape[1]),
         )
         if shared:
-            state.prompt_keys_T = [
-                k.transpose(2, 3).reshape(n_prompts * n_kv, head_dim, width) for k, _ in kv
-            ]
-            state.prompt_values = [v.reshape(n_prompts * n_kv, width, head_dim) for _, v in kv]
+            prompt_keys_T = [keys_T[0].new_empty(n_prompts * n_kv, head_dim, width) for _ in range(n_layers)]
+            prompt_values = [keys_T[0].new_empty(n_prompts * n_kv, width, head_dim) for _ in range(n_layers)]
+            state.prompt_keys_T, state.prompt_values = prompt_keys_T, prompt_values
             state.prompt_mask = prompt_mask_QKP.view(n_prompts * n_kv, 1, width)
         else:
             mask[..., :width] = prompt_mask_QKP.view(n_rows * n_kv, 1, width)
-            for (k_QKPD, v_QKPD), k_T, v in zip(kv, keys_T, values):
-                k_T[..., :width] = k_QKPD.transpose(2, 3).reshape(n_rows * n_kv, head_dim, width)
-                v[:, :width] = v_QKPD.reshape(n_rows * n_kv, width, head_dim)
+            prompt_keys_T = [k_T[..., :width] for k_T in keys_T]  # the row blocks' prompt columns
+            prompt_values = [v[:, :width] for v in values]
+        # Each chunk's K/V straight into place (rows = prompts here when n = 1), keys transposed.
+        for first, part in kv_chunks:
+            for (k_CKPD, v_CKPD), k_T, v in zip(part, prompt_keys_T, prompt_values):
+                n_chunk = k_CKPD.shape[0]
+                span = slice(first * n_kv, (first + n_chunk) * n_kv)
+                k_T[span].view(n_chunk, n_kv, head_dim, width).copy_(k_CKPD.transpose(2, 3))
+                v[span].view(n_chunk, n_kv, width, head_dim).copy_(v_CKPD)
         pos0_B = next_pos_Q.repeat_interleave(rows_per_prompt)
         cos_ND, sin_ND = self.rope_tables(int(pos0_B.max()) + n_new, dtype)
         pos_TB = pos0_B[None, :] + torch.arange(n_new, device=device)[:, None]
