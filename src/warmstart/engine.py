@@ -15,7 +15,8 @@
 * **Decode with a small step of our own** over the language model's weights.
   ``generate`` spends only 3-14% of its time on its own overhead at toy scale
   (shared/BASELINES.md); the rest is the per-token forward, which here does less:
-  q/k/v in one matmul and gate/up in one, residual adds fused into ``addmm``, a
+  q/k/v in one matmul and gate/up in one (written into one reused buffer, silu * up
+  in place), weights stored input-major, residual adds fused into ``addmm``, a
   preallocated KV cache written in place (no ``torch.cat`` per step), the prompt's
   K/V stored and read once for its n samples, grouped-query attention without
   ``repeat_kv``, keys stored transposed (see :class:`_DecodeState`), the token
