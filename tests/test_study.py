@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -113,11 +114,17 @@ def test_smoke_study_end_to_end_then_cached(tmp_path, capsys):
     assert matched.get("not_reached", False) is (not reached)
     md = (out / "report.md").read_text()
     assert "opd+grpo" in md and "sft_over+grpo" in md
+    assert "missing:" not in md  # grpo = false and never-reached arms are expected to lack files
     first = json.loads((out / "study_timing.json").read_text())
     assert first["ran"] and not first["failed"]
     # a re-run finds everything done and runs nothing
     assert main(["run", "--config", str(ROOT / "configs" / "smoke.toml"), "--out", str(out), "--quiet"]) == 0
     assert json.loads((out / "study_timing.json").read_text())["ran"] == []
+    # so does a copy of the run directory elsewhere (the keys hash its own paths as <run>)
+    moved = tmp_path / "elsewhere" / "smoke-copy"
+    shutil.copytree(out, moved, symlinks=True)
+    assert main(["run", "--config", str(ROOT / "configs" / "smoke.toml"), "--out", str(moved), "--quiet"]) == 0
+    assert json.loads((moved / "study_timing.json").read_text())["ran"] == []
     # --force redoes one step and what depends on it (here: the report)
     assert (
         main(

@@ -180,6 +180,24 @@ def test_step_keys_hash_json_params_and_follow_the_dependencies():
     }
 
 
+
+def test_step_keys_do_not_depend_on_where_the_run_directory_is(tmp_path, monkeypatch):
+    steps = plan(load_study(TOY), R)
+    # the same study planned into another directory (absolute, or relative to the cwd): same keys
+    elsewhere = plan(load_study(TOY), Path("/srv/other/place/run"))
+    monkeypatch.chdir(tmp_path)
+    relative = plan(load_study(TOY), Path("runs/toy"))
+    assert [s.key for s in steps] == [s.key for s in elsewhere] == [s.key for s in relative]
+    # the jobs themselves still name the real paths
+    assert by_name(elsewhere)["grpo:sft_early"].job.init == "/srv/other/place/run/stage1/sft_over/best"
+    # a path outside the run directory is an input: moving it changes the keys that read it
+    data = toy_data()
+    data["student"] = {"path": "/ckpt/student-a"}
+    a = by_name(plan(parse_study(data), R))
+    data["student"] = {"path": "/ckpt/student-b"}
+    b = by_name(plan(parse_study(data), R))
+    assert a["stage1:sft_over"].key != b["stage1:sft_over"].key and a["data"].key == b["data"].key
+
 def test_study_config_lists_the_arms_in_report_order():
     arms = to_dict(load_study(TOY))["arm"]
     assert [(a["name"], a["label"], a["method"], a["checkpoint"]) for a in arms] == [

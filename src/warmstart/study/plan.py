@@ -15,6 +15,7 @@ learning rate (``stage1:<run>@lr<lr>``, folders ``stage1/<run>/lr<lr>``) and a
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -369,7 +370,28 @@ def plan(cfg: StudyConfig, root: Path) -> list[Step]:
         s.root = root
         # the data step also hashes the generator's version: new generator code, new world
         gen = {"generator": GENERATOR_VERSION} if s.kind == "data" else {}
+        params = portable_params(s.params, root)
         s.key = config_hash(
-            {"kind": s.kind, "params": s.params, "deps": [by_name[d].key for d in s.deps], **gen}
+            {"kind": s.kind, "params": params, "deps": [by_name[d].key for d in s.deps], **gen}
         )
     return steps
+
+
+RUN_DIR = "<run>"
+"""What the run directory's own path is hashed as (:func:`portable_params`)."""
+
+
+def portable_params(params: Any, root: Path) -> str:
+    """A step's parameters as the JSON its key hashes, with the run directory's path as ``<run>``.
+
+    Every job names files inside the run directory by absolute path; hashing them as they
+    are would tie the cache to where the directory is, so a run copied or moved elsewhere
+    (or a finished ``make run`` copied as the start of a larger study) would redo every
+    step. Paths outside the run directory (a given checkpoint, a data file) stay as they
+    are: moving those is a change of input.
+    """
+    blob = json.dumps(to_dict(params), sort_keys=True, default=str)
+    for form in sorted({str(root), str(Path(root).absolute())}, key=len, reverse=True):
+        quoted = json.dumps(form)[:-1]  # '"<path>' as a JSON string holding it starts
+        blob = blob.replace(quoted + "/", f'"{RUN_DIR}/').replace(quoted + '"', f'"{RUN_DIR}"')
+    return blob
