@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -122,6 +124,25 @@ def test_three_seed_report_shows_the_spread_beside_the_interval(three_seeds):
     assert seeds["C1"].startswith("3 seeds:")  # a spread per seed too
 
 
+def test_a_study_config_with_seeds_lists_its_replicas_as_the_study_trains_them(tmp_path, three_seeds):
+    # the study writes each arm once and `seeds`; its replicas <arm>@s<k> are the seeds 1..S-1
+    root = write_run_dir(tmp_path / "seeds", P=24, n=8, B=B, arms=SEEDED)
+    cfg = {"name": "fixture", "seeds": 3, "arm": [{**a, "config": {}} for a in ARMS]}
+    (root / "study_config.json").write_text(json.dumps(cfg))
+    run = load_run(root)
+    assert [a.name for a in run.arms] == [a.name for a in three_seeds.arms if "@" not in a.name] + [
+        f"{a['name']}@s{k}" for a in ARMS for k in (1, 2)
+    ]
+    assert [a.seed_label for a in run.groups["opd"]] == ["s?", "s1", "s2"] and run.missing == []
+    assert (
+        evaluate_test(run, _test("C3", 0), B, 0).interval
+        == evaluate_test(three_seeds, _test("C3", 0), B, 0).interval
+    )
+    cfg["seeds"] = 0
+    (root / "study_config.json").write_text(json.dumps(cfg))
+    assert "key 'seeds': expected an integer >= 1, got 0" in load_run(root).unreadable["study_config.json"]
+
+
 def test_roles_resolve_by_method_and_checkpoint_when_names_differ(tmp_path):
     arms = [
         {"name": "distill", "label": "OPD (reverse KL)", "method": "opd", "checkpoint": "final"},
@@ -135,7 +156,10 @@ def test_roles_resolve_by_method_and_checkpoint_when_names_differ(tmp_path):
     assert t.label == "distill − warm_final" and t.interval is not None
     results, left_out = evaluate_claims(run, B=100)
     # matched arms have no Stage 2, so only C3's and C4's init comparisons have a matched version
-    assert [c.spec.key for c in results] == ["C1", "C2", "C3", "C4", "C5", "C6"] and left_out == ["C3m", "C4m"]
+    assert [c.spec.key for c in results] == ["C1", "C2", "C3", "C4", "C5", "C6"] and left_out == [
+        "C3m",
+        "C4m",
+    ]
 
 
 def test_matched_outcome_claims_appear_with_matched_checkpoints(tmp_path):

@@ -145,7 +145,9 @@ def arms_from_study_config(path: str | os.PathLike) -> list[ArmInfo]:
     """The ``arm`` list of a ``study_config.json``, in order; ``ValueError`` naming the key when malformed.
 
     Each entry needs a non-empty string ``name``; ``label`` defaults to the name; other
-    keys (``method``, the arm's stage config, ...) are not the report's business.
+    keys (``method``, the arm's stage config, ...) are not the report's business. With
+    ``seeds`` = S > 1 (the study's key) every arm also has the replicas ``<arm>@s1`` ..
+    ``<arm>@s<S-1>`` the study trains (seed + k), after the listed arms.
     """
     path = Path(path)
     try:
@@ -175,7 +177,19 @@ def arms_from_study_config(path: str | os.PathLike) -> list[ArmInfo]:
         if not isinstance(grpo, bool):
             raise ValueError(f"key 'arm[{i}].grpo': expected true or false, got {grpo!r}")
         arms.append(ArmInfo(name, label, method, checkpoint, seed, grpo))
-    return arms
+    seeds = raw.get("seeds", 1)
+    if type(seeds) is not int or seeds < 1:
+        raise ValueError(f"key 'seeds': expected an integer >= 1, got {seeds!r}")
+    # the study lists each arm once and trains seeds 1..seeds-1 of it as <arm>@s<k> (seed + k)
+    listed = {a.name for a in arms}
+    replicas = [
+        ArmInfo(f"{a.name}@s{k}", a.label, a.method, a.checkpoint, (a.seed or 0) + k, a.grpo)
+        for a in arms
+        if _name_seed(a.name) is None
+        for k in range(1, seeds)
+        if f"{a.name}@s{k}" not in listed
+    ]
+    return arms + replicas
 
 
 def _config_run_homes(config: dict) -> dict[str, str]:
