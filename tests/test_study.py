@@ -123,7 +123,9 @@ def test_smoke_study_end_to_end_then_cached(tmp_path, capsys):
     # so does a copy of the run directory elsewhere (the keys hash its own paths as <run>)
     moved = tmp_path / "elsewhere" / "smoke-copy"
     shutil.copytree(out, moved, symlinks=True)
-    assert main(["run", "--config", str(ROOT / "configs" / "smoke.toml"), "--out", str(moved), "--quiet"]) == 0
+    assert (
+        main(["run", "--config", str(ROOT / "configs" / "smoke.toml"), "--out", str(moved), "--quiet"]) == 0
+    )
     assert json.loads((moved / "study_timing.json").read_text())["ran"] == []
     # --force redoes one step and what depends on it (here: the report)
     assert (

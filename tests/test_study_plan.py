@@ -180,7 +180,6 @@ def test_step_keys_hash_json_params_and_follow_the_dependencies():
     }
 
 
-
 def test_step_keys_do_not_depend_on_where_the_run_directory_is(tmp_path, monkeypatch):
     steps = plan(load_study(TOY), R)
     # the same study planned into another directory (absolute, or relative to the cwd): same keys
@@ -197,6 +196,7 @@ def test_step_keys_do_not_depend_on_where_the_run_directory_is(tmp_path, monkeyp
     data["student"] = {"path": "/ckpt/student-b"}
     b = by_name(plan(parse_study(data), R))
     assert a["stage1:sft_over"].key != b["stage1:sft_over"].key and a["data"].key == b["data"].key
+
 
 def test_study_config_lists_the_arms_in_report_order():
     arms = to_dict(load_study(TOY))["arm"]
