@@ -218,3 +218,19 @@ def test_a_run_from_before_v2_says_what_it_lacks(tmp_path):
     assert "No stage0.json: this run has no stage-0 check (a run from before Study v2)." in md
     assert re.search(r"Stage-1 selection and compute: not recorded in this run", md)
     assert run.missing == [] and run.stage0 is None and run.grids == {}
+
+
+def test_an_arm_without_stage2_still_expects_its_own_evals_in_arm_order(v2, tmp_path):
+    run, _ = v2
+    # base, teacher, every arm in config order (grpo = false ones too), then the Stage-2 endpoints
+    assert run.models == [
+        "base",
+        "teacher",
+        *(a["name"] for a in v2_arms()),
+        "sft_early+grpo",
+        "sft_over+grpo",
+        "opd+grpo",
+    ]
+    root = write_v2_run_dir(tmp_path, B=B)
+    (root / eval_relpath("opd_over", "ood")).unlink()
+    assert load_run(root).missing == [eval_relpath("opd_over", "ood")]

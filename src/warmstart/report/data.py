@@ -505,7 +505,10 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
         else:
             data.config = _read_json_object(run_dir / STUDY_CONFIG)
     data.arms = arms if arms is not None else arms_from_models(m for m, _ in found)
-    expected = [m for m in study_models(data.arm_names) if data.has_stage2(stage1_arm(m))]
+    # every arm's own model; a Stage-2 endpoint only of an arm with a Stage-2 run
+    expected = [
+        m for m in study_models(data.arm_names) if m == stage1_arm(m) or data.has_stage2(stage1_arm(m))
+    ]
     data.models = list(dict.fromkeys([*expected, *(m for m, _ in found)]))
     all_splits = list(dict.fromkeys([*SPLITS, *(s for _, s in found)]))
     data.splits = [s for s in all_splits if s != BLANK_SPLIT]
