@@ -20,6 +20,15 @@ def test_configs_parse_and_plan_every_model():
         "toy": ["sft_early", "sft_over", "opd", "opd_over", "sft_matched", "opd_matched"],
         "toy-full": ["sft_early", "sft_over", "opd", "opd_over", "sft_matched", "opd_matched"],
         "toy-skills": ["sft_early", "sft_over", "opd"],
+        "toy-estimators": [
+            "sft_early",
+            "sft_over",
+            "opd",
+            "opd_full",
+            "opd_fkl16",
+            "opd_rkl16",
+            "opd_reward",
+        ],
         "smoke": ["sft_early", "sft_over", "opd", "opd_matched"],
         "paper-qwen2.5-vl-7b": ["sft_early", "sft_over", "opd"],
     }
@@ -37,6 +46,18 @@ def test_configs_parse_and_plan_every_model():
         expected = {f"eval:{m}:{sp}" for m in models for sp in ("validation", "ood")}
         expected |= {f"eval:{m}:validation_blank" for m in ("base", "teacher") if m in models}
         assert evals == expected
+    # every configs/*.toml is in the table above
+    assert sorted(p.stem for p in (ROOT / "configs").glob("*.toml")) == sorted(arm_sets)
+    # the estimator study: one setting apart per arm, everything else toy.toml's
+    est = {a.name: a.opd for a in load_study(ROOT / "configs" / "toy-estimators.toml").arm if a.opd}
+    assert {n: (o.estimator, o.topk, o.reward_coef) for n, o in est.items()} == {
+        "opd": ("sampled_rkl", 0, 0.0),
+        "opd_full": ("full_rkl", 0, 0.0),
+        "opd_fkl16": ("topk_fkl", 16, 0.0),
+        "opd_rkl16": ("topk_rkl", 16, 0.0),
+        "opd_reward": ("sampled_rkl", 0, 1.0),
+    }
+    assert len({(o.optim, o.steps, o.train_problems, o.prompts_per_step, o.n) for o in est.values()}) == 1
     paper = load_study(ROOT / "configs" / "paper-qwen2.5-vl-7b.toml")
     grpo = next(s for s in plan(paper, Path("/tmp/x")) if s.name == "grpo:opd").params
     # the geo3k-easyr1 preset, written out
