@@ -250,7 +250,7 @@ def selection_blocks(run: RunData, src: SourceIds) -> list[Block]:
                     st.method or MISSING,
                     lr_text,
                     _best(_int(g, "best_step"), _num(g, "best_accuracy")),
-                    _count(_num(g, "over_step")) if g.get("over_step") is not None else MISSING,
+                    _count(_num(g, "over_step")),  # None: MISSING
                     _matched(_int(g, "matched_step"), has_matched, target),
                     _count(_num(g, "sequences")),
                     _count(tokens),
